@@ -1,0 +1,113 @@
+"""Every figure of the kit, in one style. Plotting never computes results: pass it numbers.
+
+Colors mean the same thing in every notebook: the basis/signal is blue, the null is grey,
+controls are orange (mean-only), green (basis-only) and red (random basis), thresholds black.
+"""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+
+COLORS = {
+    "basis": "#1f77b4", "signal": "#1f77b4", "null": "#8c8c8c", "mean_only": "#ff7f0e",
+    "basis_only": "#2ca02c", "random": "#d62728", "full": "#000000", "threshold": "#000000",
+    "heldout": "#9467bd",
+}
+FIGSIZE = (6.4, 4.0)
+
+
+def style() -> None:
+    """The kit's one plotting style (call once at the top of a notebook)."""
+    sns.set_theme(context="notebook", style="whitegrid", palette="deep")
+    plt.rcParams.update({"figure.figsize": FIGSIZE, "figure.dpi": 100, "axes.spines.top": False,
+                         "axes.spines.right": False, "legend.frameon": False})
+
+
+def _ax(ax=None, figsize=FIGSIZE):
+    if ax is None:
+        _, ax = plt.subplots(figsize=figsize)
+    return ax
+
+
+def _np(x):
+    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+
+
+def scree(ratios, null_lo=None, null_hi=None, *, k=None, n_show=None, label="weights", ax=None, title=None):
+    """Explained-variance ratio per direction (log scale) beside a grey null band."""
+    ax = _ax(ax)
+    r = _np(ratios)
+    n_show = min(len(r), n_show or len(r))
+    idx = np.arange(1, n_show + 1)
+    if null_lo is not None and null_hi is not None:
+        lo, hi = _np(null_lo)[:n_show], _np(null_hi)[:n_show]
+        ax.fill_between(idx[: len(lo)], lo, hi, color=COLORS["null"], alpha=0.35, label="null (i.i.d. noise)")
+    ax.plot(idx, r[:n_show], "o-", color=COLORS["basis"], ms=3, label=label)
+    if k is not None:
+        ax.axvline(k, color=COLORS["threshold"], ls="--", lw=1, label=f"k = {k}")
+    ax.set(yscale="log", xlabel="direction i", ylabel="explained variance ratio", title=title)
+    ax.legend()
+    return ax
+
+
+def cumulative_energy(ratios, *, threshold=None, null_ratios=None, ax=None, title=None, label="weights"):
+    """Cumulative explained variance with a horizontal threshold line (and the null's curve)."""
+    ax = _ax(ax)
+    c = np.cumsum(_np(ratios))
+    idx = np.arange(1, len(c) + 1)
+    ax.plot(idx, c, color=COLORS["basis"], label=label)
+    if null_ratios is not None:
+        cn = np.cumsum(_np(null_ratios))
+        ax.plot(np.arange(1, len(cn) + 1), cn, color=COLORS["null"], ls="--", label="null")
+    if threshold is not None:
+        ax.axhline(threshold, color=COLORS["threshold"], ls=":", lw=1)
+        k = int(np.searchsorted(c, threshold - 1e-12) + 1)
+        ax.axvline(k, color=COLORS["threshold"], ls=":", lw=1)
+        ax.annotate(f"{threshold:.0%} at k={k}", (k, threshold), textcoords="offset points", xytext=(6, -14))
+    ax.set(xlabel="k", ylabel="cumulative explained variance", ylim=(0, 1.02), title=title)
+    ax.legend()
+    return ax
+
+
+def principal_angles(angles, *, labels=None, ax=None, title="principal angles"):
+    """Principal angles in degrees, one bar per pair of directions (several series allowed)."""
+    ax = _ax(ax)
+    series = angles if isinstance(angles, (list, tuple)) else [angles]
+    labels = labels or [None] * len(series)
+    width = 0.8 / len(series)
+    for j, (a, lab) in enumerate(zip(series, labels)):
+        deg = np.degrees(_np(a))
+        ax.bar(np.arange(1, len(deg) + 1) + (j - (len(series) - 1) / 2) * width, deg, width, label=lab)
+    ax.set(xlabel="angle index", ylabel="degrees", ylim=(0, 90), title=title)
+    if any(labels):
+        ax.legend()
+    return ax
+
+
+def plane_3d(points, basis_components, mean, *, ax=None, title=None, extent=None):
+    """3-D scatter of weight vectors with the fitted plane through the mean."""
+    if ax is None:
+        fig = plt.figure(figsize=(5.5, 5))
+        ax = fig.add_subplot(projection="3d")
+    P, V, mu = _np(points), _np(basis_components), _np(mean)
+    ax.scatter(P[:, 0], P[:, 1], P[:, 2], color=COLORS["signal"], s=14, depthshade=True, label="trained models")
+    if V.shape[0] >= 2:
+        extent = extent or 1.2 * np.abs(P - mu).max()
+        s, t = np.meshgrid(np.linspace(-extent, extent, 2), np.linspace(-extent, extent, 2))
+        plane = mu[None, None, :] + s[..., None] * V[0] + t[..., None] * V[1]
+        ax.plot_surface(plane[..., 0], plane[..., 1], plane[..., 2], color=COLORS["basis"], alpha=0.18)
+    ax.set(xlabel="w1", ylabel="w2", zlabel="w3", title=title)
+    return ax
+
+
+def curve_vs_k(ks, curves: dict, *, ylabel="score", ax=None, title=None, k=None):
+    """Lines of a metric against k, one per method/control, in the kit's colors."""
+    ax = _ax(ax)
+    for name, ys in curves.items():
+        ax.plot(_np(ks), _np(ys), "o-", ms=3, label=name.replace("_", " "), color=COLORS.get(name))
+    if k is not None:
+        ax.axvline(k, color=COLORS["threshold"], ls="--", lw=1)
+    ax.set(xlabel="k", ylabel=ylabel, title=title)
+    ax.legend()
+    return ax
