@@ -68,7 +68,7 @@ class Basis:
 
     def truncate(self, k: int) -> "Basis":
         """The same basis keeping only its top-k directions."""
-        _check_k(k, self.k, "this basis has")
+        _check_k(k, self.k, "this basis has only")
         return Basis(self.components[:k], self.mean, self.singular_values, self.centered, self.method)
 
 
@@ -105,7 +105,7 @@ def _check_k(k: int, limit: int, what: str) -> None:
     if k < 1:
         raise SubspaceError(f"k must be at least 1, got {k}")
     if k > limit:
-        raise SubspaceError(f"k={k} is larger than the rank: {what} only {limit} independent directions")
+        raise SubspaceError(f"k={k} is larger than the rank: {what} {limit} independent directions")
 
 
 def _check_dim(X: torch.Tensor, basis: Basis, name: str = "X") -> None:
@@ -149,7 +149,11 @@ def _svd_full(X: torch.Tensor):
 
 def _svd_gram(X: torch.Tensor):
     """Few rows, many columns: eigh of the N x N Gram matrix, then V = X^T U / s."""
-    G = (X @ X.T).double()
+    # G in float64 over column chunks: squaring the singular values must not square the rounding.
+    G = torch.zeros(X.shape[0], X.shape[0], dtype=torch.float64)
+    for start in range(0, X.shape[1], 1 << 16):
+        chunk = X[:, start:start + (1 << 16)].double()
+        G += chunk @ chunk.T
     evals, U = torch.linalg.eigh(G)
     evals, U = evals.flip(0).clamp_min(0), U.flip(1)
     S = evals.sqrt()
@@ -205,7 +209,7 @@ def fit_basis(X, k: int | None = None, *, energy: float | None = None, center: b
         S, Vh = _svd_randomized(Xc, k, seed)
     else:
         S, Vh = _svd_gram(Xc) if method == "gram" else _svd_full(Xc)
-    S = S[: min(N, D)]
+    S = S[:max_rank]  # a centered stack has at most N - 1 nonzero singular values
     rank = min(numerical_rank(S, (N, D)), Vh.shape[0])
     if k is None:
         k = choose_k(S, energy) if energy is not None else max(rank, 1)
