@@ -111,3 +111,53 @@ def curve_vs_k(ks, curves: dict, *, ylabel="score", ax=None, title=None, k=None)
     ax.set(xlabel="k", ylabel=ylabel, title=title)
     ax.legend()
     return ax
+
+
+# ---------------------------------------------------------------- toy models (notebooks 00, 01)
+
+def training_curve(losses, *, ax=None, label="mean train loss", title="gradient descent"):
+    """Loss per gradient step (log scale)."""
+    ax = _ax(ax)
+    ax.plot(np.arange(1, len(_np(losses)) + 1), _np(losses), color=COLORS["basis"], label=label)
+    ax.set(yscale="log", xlabel="step", ylabel="loss", title=title)
+    ax.legend()
+    return ax
+
+
+def scree_mp(ratios, null_lo, null_hi, mp_ratios, *, k=None, n_show=None, label="weights", ax=None, title=None):
+    """Scree plot with the simulated null band and the Marchenko-Pastur expectation (dashed grey)."""
+    ax = scree(ratios, null_lo, null_hi, k=k, n_show=n_show, label=label, ax=ax, title=title)
+    mp = _np(mp_ratios)[: n_show or len(_np(ratios))]
+    ax.plot(np.arange(1, len(mp) + 1), mp, ls="--", color=COLORS["null"], lw=1.5, label="Marchenko-Pastur")
+    ax.legend()
+    return ax
+
+
+def projection_vs_k(ks, rel_error: dict, loss: dict, *, labels=None, k=None, k_star=None, loss_ref=None,
+                    axes=None, title=None):
+    """Two panels against k: relative reconstruction error and task loss of the projected models.
+
+    rel_error, loss: {name: values per k}; name picks the color (COLORS) and `labels[name]` the legend.
+    k marks the current choice (black dashed), k_star the planted dimension (grey dotted),
+    loss_ref a horizontal line for the unprojected models.
+    """
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(2 * FIGSIZE[0] * 0.8, FIGSIZE[1]))
+    labels = labels or {}
+    ks = _np(ks)
+    for ax, curves, ylabel in ((axes[0], rel_error, "relative reconstruction error"), (axes[1], loss, "task loss")):
+        for name, ys in curves.items():
+            ax.plot(ks, _np(ys), "o-", ms=3, color=COLORS.get(name), label=labels.get(name, name.replace("_", " ")))
+        if k_star is not None:
+            ax.axvline(k_star, color=COLORS["null"], ls=":", lw=1.5, label=f"planted k* = {k_star}")
+        if k is not None:
+            ax.axvline(k, color=COLORS["threshold"], ls="--", lw=1, label=f"k = {k}")
+        ax.set(xlabel="k", ylabel=ylabel)
+    if loss_ref is not None:
+        axes[1].axhline(float(loss_ref), color=COLORS["full"], lw=1, alpha=0.6, label="trained (no projection)")
+    axes[1].set_yscale("log")
+    axes[0].set_ylim(0, 1.05)
+    axes[1].legend(fontsize="small")
+    if title:
+        axes[0].figure.suptitle(title)
+    return axes
