@@ -231,21 +231,28 @@ def _negation(rng, label):
 
 
 def _tense(rng, label):
+    """Tense of the main clause; a subordinate clause in another tense comes before or after it."""
     L = lexicons()
-    v, name, obj = rng.choice(L["verbs"]), rng.choice(L["names"]), rng.choice(L["objects"])
-    verb = {"past": v["past"], "present": v["third"], "future": "will " + v["base"]}[label]
-    where = rng.choice(["", " in the garden", " at work", " with a friend", " near the station"])
-    return f"{name} {verb} the {obj}{where}", label
+    (v, w), (name, name2) = rng.sample(L["verbs"], 2), rng.sample(L["names"], 2)
+    form = {"past": lambda v: v["past"], "present": lambda v: v["third"], "future": lambda v: "will " + v["base"]}
+    other = rng.choice([t for t in form if t != label])
+    main = f"{name} {form[label](v)} the {rng.choice(L['objects'])}"
+    sub = f"{name2} {form[other](w)} the {rng.choice(L['objects'])}"
+    conj = rng.choice(["because", "although", "even if", "while"])
+    return (f"{main} {conj} {sub}" if rng.random() < 0.5 else f"{conj} {sub}, {main}"), label
 
 
 def _agreement(rng, label):
-    """Is the head noun singular or plural? An attractor noun of the other number sits in between."""
+    """Is the one who acted singular or plural? A noun of the other number stands before or after it."""
     L = lexicons()
-    head, place = rng.choice(L["nouns"]), rng.choice(L["places"])
-    other = "many" if label == "plural" else "one"
-    place = place + "s" if other == "many" else place
-    subject = head["many"] if label == "plural" else head["one"]
-    return f"the {subject} near the {place} {rng.choice(L['intransitive_past'])}", label
+    head, other, place = *rng.sample(L["nouns"], 2), rng.choice(L["places"])
+    actor = head["many"] if label == "plural" else head["one"]
+    bystander = other["one"] if label == "plural" else other["many"]
+    verb = rng.choice(L["intransitive_past"])
+    return rng.choice([f"the {actor} near the {bystander} {verb}",
+                       f"next to the {bystander} at the {place}, the {actor} {verb}",
+                       f"the {bystander} watched while the {actor} {verb}",
+                       f"the {bystander} said that the {actor} {verb}"]), label
 
 
 def _formality(rng, label):
@@ -262,19 +269,25 @@ def _parity(rng, label):
 
 
 def _comparison(rng, label):
-    """Which of the two named things is heavier: the first mentioned or the second?"""
+    """Which box is heavier, the red or the blue one? Word order and the comparative both matter (XOR)."""
     L = lexicons()
-    c1, c2 = rng.sample(L["colors"], 2)
     box = rng.choice(L["containers"])
-    heavier_first = [f"the {c1} {box} is heavier than the {c2} one", f"the {c1} {box} weighs more than the {c2} one",
-                     f"the {c1} {box} outweighs the {c2} one", f"the {c2} {box} is outweighed by the {c1} one"]
-    heavier_second = [f"the {c1} {box} is lighter than the {c2} one", f"the {c1} {box} weighs less than the {c2} one",
-                      f"the {c2} {box} outweighs the {c1} one", f"the {c1} {box} is outweighed by the {c2} one"]
-    while True:  # "first": the colour mentioned first is the heavier (c1 heavier and c1 named first, or neither)
-        text = rng.choice(heavier_first + heavier_second)
-        first = (text in heavier_first) == (text.split()[1] == c1)
-        if first == (label == "first"):
-            return text, label
+    light = "blue" if label == "red" else "red"
+    a, b = (label, light) if rng.random() < 0.5 else (light, label)   # a is named first
+    more = a == label
+    return rng.choice([f"the {a} {box} is {'heavier' if more else 'lighter'} than the {b} one",
+                       f"the {a} {box} weighs {'more' if more else 'less'} than the {b} one",
+                       f"the {a} {box} {'outweighs' if more else 'is outweighed by'} the {b} one"]), label
+
+
+def _order(rng, label):
+    """Who arrived first, alice or bob? 'before'/'after' and the order of the names both matter (XOR)."""
+    second = "bob" if label == "alice" else "alice"
+    a, b = (label, second) if rng.random() < 0.5 else (second, label)   # a is named first
+    event = rng.choice(["arrived", "left the party", "finished the race", "woke up", "called home"])
+    rel = "before" if a == label else "after"
+    return rng.choice([f"{a} {event} {rel} {b} did", f"{rel} {b} {event.split()[0]}, {a} had already {event}"
+                       if rel == "before" else f"{a} {event} {rel} {b} had"]), label
 
 
 def _count(rng, label):
@@ -298,22 +311,191 @@ CLASSIFICATION = {  # name -> (description, make, labels)
                  _question, ("question", "statement")),
     "negation": ("did the event happen? single and double negations ('it is not true that X never ...')",
                  _negation, ("happened", "not_happened")),
-    "tense": ("tense of the verb (past, present, future) with regular and irregular verbs",
+    "tense": ("tense of the main clause (past, present, future); a subordinate clause has another tense",
               _tense, ("past", "present", "future")),
-    "agreement": ("is the subject singular or plural? an attractor noun of the other number sits between",
+    "agreement": ("is the noun that acted singular or plural? a noun of the other number stands nearby",
                   _agreement, ("singular", "plural")),
     "formality": ("formal or informal request", _formality, ("formal", "informal")),
     "parity": ("is the number written in words even or odd ('has thirty-seven stamps')",
                _parity, ("even", "odd")),
-    "comparison": ("is the thing named first the heavier one? comparatives and passives flip it",
-                   _comparison, ("first", "second")),
+    "comparison": ("which box is heavier, the red or the blue one? comparatives and word order flip it",
+                   _comparison, ("red", "blue")),
+    "order": ("who did it first, alice or bob? 'before'/'after' and the order of the names both matter",
+              _order, ("alice", "bob")),
     "count": ("how many items are listed (two to five)", _count, ("two", "three", "four", "five")),
     "emotion": ("emotion word from a lexicon (joy, anger, fear, sadness)", _emotion,
                 ("joy", "anger", "fear", "sadness")),
 }
 
 
+def _with_filler(make):
+    """Half of the sentences get a neutral filler phrase before or after: noise for a mean-pooled probe."""
+    def noisy(rng, label):
+        text, target = make(rng, label)
+        r = rng.random()
+        if r < 0.25:
+            return f"{rng.choice(lexicons()['fillers'])}, {text}", target
+        if r < 0.5:
+            return f"{text}, {rng.choice(lexicons()['fillers'])}", target
+        return text, target
+    return noisy
+
+
 def classification_tasks(seed: int = 0, n_train: int = 256, n_test: int = 128) -> list[TextTask]:
-    """11 sentence-classification tasks with balanced labels, generated from the shipped lexicons."""
-    return [_build(name, "classification", description, make, labels, seed, n_train, n_test)
+    """12 sentence-classification tasks with balanced labels, generated from the shipped lexicons."""
+    return [_build(name, "classification", description, _with_filler(make), labels, seed, n_train, n_test)
             for name, (description, make, labels) in CLASSIFICATION.items()]
+
+
+# ---------------------------------------------------------------- JSONL task folders
+
+class TaskFormatError(ValueError):
+    """A JSONL task file that breaks the format (the message names the file and line)."""
+
+
+SPLITS = ("train", "test")
+
+
+def _read_jsonl(path: Path) -> TextTask:
+    header, rows = {}, []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if not any(line.strip() for line in lines):
+        raise TaskFormatError(f"{path}: empty file (expected one JSON object per line; see docs/jsonl_tasks.md)")
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise TaskFormatError(f"{where}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise TaskFormatError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        if "input" not in row and "target" not in row:   # a header line
+            if rows or header:
+                raise TaskFormatError(f"{where}: a header line (kind/description/labels) may only be the first line")
+            unknown = set(row) - {"kind", "description", "labels"}
+            if unknown:
+                raise TaskFormatError(f"{where}: unknown header field(s) {sorted(unknown)}; "
+                                      "allowed: kind, description, labels")
+            if row.get("kind", "generation") not in KINDS:
+                raise TaskFormatError(f"{where}: unknown kind {row['kind']!r}; choose one of {', '.join(KINDS)}")
+            if not isinstance(row.get("labels", []), list) or not all(isinstance(x, str) for x in row.get("labels", [])):
+                raise TaskFormatError(f"{where}: labels must be a list of strings")
+            header = row
+            continue
+        for field in ("input", "target"):
+            if field not in row:
+                raise TaskFormatError(f"{where}: missing field {field!r} (each example needs input and target)")
+            if not isinstance(row[field], str) or not row[field].strip():
+                raise TaskFormatError(f"{where}: field {field!r} must be a non-empty string")
+        if row.get("split", "train") not in SPLITS:
+            raise TaskFormatError(f"{where}: unknown split {row['split']!r}; use 'train' or 'test'")
+        rows.append((number, row))
+    if not rows:
+        raise TaskFormatError(f"{path}: no examples (lines with input and target)")
+    kind = header.get("kind", "generation")
+    labels = tuple(header.get("labels") or (sorted({r["target"] for _, r in rows}) if kind == "classification" else ()))
+    for number, row in rows:
+        if labels and row["target"] not in labels:
+            raise TaskFormatError(f"{path}:{number}: target {row['target']!r} is not among the labels {list(labels)}")
+    if any("split" in r for _, r in rows):
+        train = [Example(r["input"], r["target"]) for _, r in rows if r.get("split", "train") == "train"]
+        test = [Example(r["input"], r["target"]) for _, r in rows if r.get("split") == "test"]
+    else:  # no splits given: every fifth example is a test example
+        examples = [Example(r["input"], r["target"]) for _, r in rows]
+        train = [e for i, e in enumerate(examples) if i % 5 != 4]
+        test = [e for i, e in enumerate(examples) if i % 5 == 4]
+    if not train or not test:
+        raise TaskFormatError(f"{path}: needs at least one train and one test example "
+                              f"(got {len(train)} train, {len(test)} test)")
+    return TextTask(path.stem, kind, header.get("description", path.stem.replace("_", " ")),
+                    tuple(train), tuple(test), labels)
+
+
+def load_jsonl_tasks(folder: str | Path) -> list[TextTask]:
+    """One TextTask per `*.jsonl` file in `folder` (sorted by name); the format is in docs/jsonl_tasks.md."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise TaskFormatError(f"{folder}: no such folder of JSONL task files")
+    paths = sorted(folder.glob("*.jsonl"))
+    if not paths:
+        raise TaskFormatError(f"{folder}: no *.jsonl files in this folder")
+    return [_read_jsonl(p) for p in paths]
+
+
+def example_tasks_folder() -> Path:
+    """The shipped folder of example JSONL tasks (a template for your own)."""
+    return Path(str(resources.files("shared_subspace").joinpath("data/jsonl_example")))
+
+
+# ---------------------------------------------------------------- base-model scores
+
+def probe_scores(tasks: Sequence[TextTask], model: str = "bundled:minilm") -> dict[str, float]:
+    """Frozen encoder + linear head: logistic regression on mean-pooled embeddings, test accuracy per task."""
+    from sklearn.linear_model import LogisticRegression
+    from .models import embed, load_model
+
+    encoder, tokenizer = load_model(model, kind="encoder")
+    scores = {}
+    for task in tasks:
+        X_train = embed(encoder, tokenizer, [e.input for e in task.train]).numpy()
+        X_test = embed(encoder, tokenizer, [e.input for e in task.test]).numpy()
+        head = LogisticRegression(max_iter=2000).fit(X_train, [e.target for e in task.train])
+        scores[task.name] = task.score(list(head.predict(X_test)))
+    return scores
+
+
+def generation_scores(tasks: Sequence[TextTask], model: str = "bundled:smollm2", batch_size: int = 32) -> dict[str, float]:
+    """Exact match of the base causal LM's greedy answers to prompt(task, example), per task."""
+    from .models import generate, load_model
+
+    lm, tokenizer = load_model(model, kind="causal_lm")
+    scores = {}
+    for task in tasks:
+        longest = max(len(tokenizer(e.target)["input_ids"]) for e in task.test)
+        predictions = generate(lm, tokenizer, [prompt(task, e) for e in task.test],
+                               max_new_tokens=longest + 4, batch_size=batch_size)
+        scores[task.name] = task.score(predictions)
+    return scores
+
+
+def base_scores(tasks: Sequence[TextTask], model: str | None = None, *, rebuild: bool = False) -> dict[str, float]:
+    """Score of the untrained model per task, cached in runtime.cache_dir("tasks") by task fingerprint.
+
+    classification: a frozen encoder (default bundled:minilm) + a trained linear head;
+    generation: the base causal LM (default bundled:smollm2), greedy, exact match.
+    """
+    kinds = {t.kind for t in tasks}
+    if len(kinds) != 1:
+        raise ValueError(f"base_scores needs tasks of one kind, got {sorted(kinds)}")
+    kind = kinds.pop()
+    model = model or ("bundled:minilm" if kind == "classification" else "bundled:smollm2")
+    path = runtime.cache_dir("tasks") / f"base_{kind}_{hashlib.sha1(model.encode()).hexdigest()[:8]}.json"
+    cache = json.loads(path.read_text()) if path.exists() and not rebuild else {}
+    todo = [t for t in tasks if t.fingerprint() not in cache]
+    if todo:
+        fresh = (probe_scores if kind == "classification" else generation_scores)(todo, model)
+        cache.update({t.fingerprint(): fresh[t.name] for t in todo})
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(cache, indent=1))
+        tmp.replace(path)
+    return {t.name: cache[t.fingerprint()] for t in tasks}
+
+
+def default_stream(kind: str = "classification", seed: int = 0, n_train: int | None = None,
+                   n_test: int | None = None, *, threshold: float | None = None,
+                   model: str | None = None) -> list[TextTask]:
+    """The suite's tasks that the base model does not already solve.
+
+    classification: drops tasks a frozen encoder + linear head gets above PROBE_THRESHOLD (0.95);
+    generation: drops tasks the base LM gets above BASE_THRESHOLD (0.90).
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
+    make = classification_tasks if kind == "classification" else generation_tasks
+    sizes = {k: v for k, v in (("n_train", n_train), ("n_test", n_test)) if v is not None}
+    tasks = make(seed, **sizes)
+    threshold = threshold if threshold is not None else (PROBE_THRESHOLD if kind == "classification" else BASE_THRESHOLD)
+    scores = base_scores(tasks, model)
+    return [t for t in tasks if scores[t.name] <= threshold]
