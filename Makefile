@@ -24,8 +24,9 @@ lab: install
 	$(BIN)/jupyter lab --notebook-dir=notebooks --ip=127.0.0.1 --port=$(PORT) --no-browser \
 		--IdentityProvider.token=$${JUPYTER_TOKEN:-$$($(BIN)/python -c 'import secrets; print(secrets.token_hex(16))')}
 
-browser-deps:
-	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+browser-deps:   # Debian's headless Chromium for tests/test_browser.py (root, or the test skips)
+	@test -x /usr/bin/chromium || (export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium fonts-liberation >/dev/null) \
 		|| echo "chromium not installed: the browser test will be skipped"
 
 test: install browser-deps
