@@ -142,7 +142,7 @@ def projection_vs_k(ks, rel_error: dict, loss: dict, *, labels=None, k=None, k_s
     loss_ref a horizontal line for the unprojected models.
     """
     if axes is None:
-        _, axes = plt.subplots(1, 2, figsize=(2 * FIGSIZE[0] * 0.8, FIGSIZE[1]))
+        _, axes = plt.subplots(1, 2, figsize=(2 * FIGSIZE[0] * 0.8, FIGSIZE[1]), layout="constrained")
     labels = labels or {}
     ks = _np(ks)
     for ax, curves, ylabel in ((axes[0], rel_error, "relative reconstruction error"), (axes[1], loss, "task loss")):

@@ -90,8 +90,8 @@ def planted_tasks(n_tasks: int, dim: int, k_star: int, task_noise: float = 0.1, 
     if s.shape != (k_star,):
         raise SubspaceError(f"signal_scales needs {k_star} entries (one per planted direction), got {tuple(s.shape)}")
     g = torch.Generator().manual_seed(seed)
-    U = orthonormalize(torch.randn(k_star, dim, generator=g, dtype=torch.float64)).float()
     w0 = mean_scale * torch.randn(dim, generator=g) / dim ** 0.5
+    U = orthonormalize(torch.randn(k_star, dim, generator=g, dtype=torch.float64)).float()
     c = torch.randn(n_tasks, k_star, generator=g) * s
     xi = torch.randn(n_tasks, dim, generator=g) / dim ** 0.5
     W_true = w0 + c @ U + task_noise * xi
