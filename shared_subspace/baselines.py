@@ -1,0 +1,425 @@
+"""Baseline continual methods behind the `continual.Method` interface, on digits or text streams.
+
+    SequentialLoRA   one LoRA adapter, trained task after task (forgets)
+    PerTaskLoRA      one adapter per task (no forgetting; stores everything: an upper bound)
+    JointLoRA        one adapter trained on all tasks seen so far (multi-task: the other upper bound)
+    FrozenBase       the pretrained model, never trained (digits: the MLP; text: zero-shot by label names)
+    LinearHead       frozen encoder + a linear head per task (classification)
+
+A *backbone* says what the network is and how data reaches it: `DigitsBackbone` (the pretrained
+digits MLP, LoRA on fc1..fc3, its 10-way output layer shared by all tasks) or `TextBackbone`
+(a sentence encoder, LoRA on attention query/value, mean pooling, one linear head per task since
+label sets differ). Every method reports `storage()`: parameters it keeps beyond the frozen base
+model, {"shared": ..., "per_task": mean per learned task, "total": ...}.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+
+import torch
+from torch import nn
+
+from shared_subspace.continual import step_bar
+from shared_subspace.interference import InterferenceMonitor
+
+__all__ = ["DigitsBackbone", "TextBackbone", "SequentialLoRA", "PerTaskLoRA", "JointLoRA",
+           "FrozenBase", "LinearHead", "n_params"]
+
+
+def n_params(tensors) -> int:
+    """Total number of elements."""
+    return int(sum(t.numel() for t in tensors))
+
+
+def _fingerprint(module: nn.Module) -> float:
+    """A number that changes when the weights change (checkpoints of another base model are refused)."""
+    return round(float(sum(p.detach().double().abs().sum() for p in module.parameters())), 6)
+
+
+def _take(inputs, idx):
+    return {k: v[idx] for k, v in inputs.items()} if isinstance(inputs, dict) else inputs[idx]
+
+
+def _len(inputs) -> int:
+    return len(next(iter(inputs.values()))) if isinstance(inputs, dict) else len(inputs)
+
+
+# ---------------------------------------------------------------- backbones
+
+class DigitsBackbone:
+    """The pretrained digits MLP: LoRA on every linear layer, its output layer shared by all tasks."""
+
+    shared_head = True
+
+    def __init__(self, mlp: nn.Module):
+        self.mlp = mlp
+        self.targets = [f"fc{i}" for i in range(1, mlp.n_layers + 1)]
+        self.feature_dim = mlp.sizes[-2]
+
+    def config(self) -> dict:
+        return {"backbone": "digits-mlp", "sizes": list(self.mlp.sizes), "weights": _fingerprint(self.mlp)}
+
+    def frozen_copy(self) -> nn.Module:
+        model = copy.deepcopy(self.mlp).eval()
+        return model.requires_grad_(False)
+
+    def data(self, task, split: str):
+        return (task.X_train, task.y_train) if split == "train" else (task.X_test, task.y_test)
+
+    def n_classes(self, task) -> int:
+        return task.n_classes
+
+    def features(self, model, X):
+        """Activations before the output layer (what a linear head sees)."""
+        for i in range(1, self.mlp.n_layers):
+            X = torch.relu(getattr(model, f"fc{i}")(X))
+        return X
+
+    def logits(self, model, X, head=None):
+        return model(X) if head is None else head(self.features(model, X))
+
+    def score(self, task, pred: torch.Tensor) -> float:
+        return float((pred == task.y_test).float().mean())
+
+    def zero_shot(self, model, task):
+        return self.logits(model, task.X_test).argmax(-1)
+
+
+class TextBackbone:
+    """A sentence encoder (default the bundled MiniLM): LoRA on query/value, mean pooling, a head per task."""
+
+    shared_head = False
+
+    def __init__(self, name: str = "bundled:minilm", *, max_length: int = 48, targets=("query", "value")):
+        from shared_subspace.models import load_model
+
+        self.name, self.max_length, self.targets = name, max_length, list(targets)
+        self.encoder, self.tokenizer = load_model(name, kind="encoder")
+        self.encoder.eval().requires_grad_(False)
+        self.feature_dim = self.encoder.config.hidden_size
+        self._cache: dict = {}
+
+    def config(self) -> dict:
+        return {"backbone": self.name, "max_length": self.max_length, "targets": self.targets}
+
+    def frozen_copy(self) -> nn.Module:
+        return copy.deepcopy(self.encoder).eval().requires_grad_(False)
+
+    def _encode(self, texts):
+        enc = self.tokenizer(list(texts), padding="max_length", truncation=True,
+                             max_length=self.max_length, return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    def data(self, task, split: str):
+        key = (task.name, split)
+        if key not in self._cache:
+            examples = task.train if split == "train" else task.test
+            if not task.labels:
+                raise ValueError(f"text task {task.name!r} has no labels: only classification tasks fit a TextBackbone")
+            index = {label: i for i, label in enumerate(task.labels)}
+            try:
+                y = torch.tensor([index[ex.target] for ex in examples], dtype=torch.long)
+            except KeyError as exc:
+                raise ValueError(f"task {task.name!r}: target {exc.args[0]!r} is not among its labels") from None
+            self._cache[key] = (self._encode(ex.input for ex in examples), y)
+        return self._cache[key]
+
+    def n_classes(self, task) -> int:
+        return len(task.labels)
+
+    def features(self, model, inputs):
+        """Mean of the token embeddings over the attention mask."""
+        h = model(**inputs).last_hidden_state
+        mask = inputs["attention_mask"].unsqueeze(-1).to(h.dtype)
+        return (h * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+    def logits(self, model, inputs, head):
+        return head(self.features(model, inputs))
+
+    def score(self, task, pred: torch.Tensor) -> float:
+        return float(task.score([task.labels[int(k)] for k in pred]))
+
+    @torch.no_grad()
+    def zero_shot(self, model, task):
+        """Nearest label name: argmax_c cos(embed(input), embed(label_c))."""
+        inputs, _ = self.data(task, "test")
+        x = nn.functional.normalize(_batched(lambda b: self.features(model, b), inputs), dim=-1)
+        labels = nn.functional.normalize(self.features(model, self._encode(task.labels)), dim=-1)
+        return (x @ labels.T).argmax(-1)
+
+
+@torch.no_grad()
+def _batched(fn, inputs, batch_size: int = 128):
+    n = _len(inputs)
+    return torch.cat([fn(_take(inputs, slice(s, s + batch_size))) for s in range(0, n, batch_size)])
+
+
+# ---------------------------------------------------------------- LoRA methods
+
+class _LoRAMethod:
+    """Shared machinery: one PEFT-wrapped copy of the backbone, per-task heads where label sets differ."""
+
+    name = "lora"
+    mode = "sequential"
+
+    def __init__(self, backbone, *, r: int = 8, alpha: float = 16, epochs: int = 10, lr: float = 1e-2,
+                 head_lr: float | None = None, batch_size: int = 64, seed: int = 0,
+                 monitor: InterferenceMonitor | None = None):
+        from peft import LoraConfig, get_peft_model
+
+        self.backbone, self.r, self.alpha, self.epochs = backbone, r, alpha, epochs
+        self.lr, self.head_lr, self.batch_size, self.seed = lr, head_lr or lr, batch_size, seed
+        self.monitor = monitor
+        torch.manual_seed(seed)
+        cfg = LoraConfig(r=r, lora_alpha=alpha, target_modules=backbone.targets, lora_dropout=0.0)
+        self.model = get_peft_model(backbone.frozen_copy(), cfg)
+        self.model.eval()
+        self.lora = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        self.adapters: dict[int, dict[str, torch.Tensor]] = {}   # per-task LoRA: its saved adapters
+        self.heads: dict[int, nn.Linear] = {}
+        self.seen: dict[int, object] = {}                          # joint training / monitors need old tasks
+
+    # -- interface
+    def config(self) -> dict:
+        return {"name": self.name, "mode": self.mode, "r": self.r, "alpha": self.alpha, "epochs": self.epochs,
+                "lr": self.lr, "head_lr": self.head_lr, "batch_size": self.batch_size, "seed": self.seed,
+                "monitor_every": self.monitor.every if self.monitor else None, **self.backbone.config()}
+
+    def storage(self) -> dict:
+        lora = n_params(self.lora.values())
+        heads = n_params(p for h in self.heads.values() for p in h.parameters())
+        n = max(1, len(self.seen))
+        if self.mode == "per_task":
+            stored = lora * len(self.adapters)
+            return {"shared": 0, "per_task": (stored + heads) / n, "total": stored + heads}
+        return {"shared": lora, "per_task": heads / n, "total": lora + heads}
+
+    def state_dict(self) -> dict:
+        return {"lora": {n: p.detach().clone() for n, p in self.lora.items()}, "adapters": self.adapters,
+                "heads": {j: h.state_dict() for j, h in self.heads.items()}, "seen": self.seen,
+                "monitor": self.monitor.state_dict() if self.monitor else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._load_lora(state["lora"])
+        self.adapters = dict(state["adapters"])
+        self.seen = dict(state["seen"])
+        self.heads = {}
+        for j, sd in state["heads"].items():
+            self.heads[j] = self._new_head(j, self.seen[j])
+            self.heads[j].load_state_dict(sd)
+        if self.monitor is not None and state["monitor"] is not None:
+            self.monitor.load_state_dict(state["monitor"])
+
+    def monitors(self) -> dict:
+        return self.monitor.to_dict() if self.monitor else {}
+
+    # -- pieces
+    def _load_lora(self, tensors: dict) -> None:
+        with torch.no_grad():
+            for n, p in self.lora.items():
+                p.copy_(tensors[n])
+
+    def _new_head(self, task_id: int, task) -> nn.Linear | None:
+        if self.backbone.shared_head:
+            return None
+        torch.manual_seed(self.seed * 100003 + task_id)
+        return nn.Linear(self.backbone.feature_dim, self.backbone.n_classes(task))
+
+    def _reset_lora(self, task_id: int) -> None:
+        from peft.tuners.lora import LoraLayer
+
+        torch.manual_seed(self.seed * 100003 + task_id)
+        for module in self.model.modules():
+            if isinstance(module, LoraLayer):
+                module.reset_lora_parameters("default", True)
+
+    @contextlib.contextmanager
+    def _adapter_for(self, task_id: int):
+        """Per-task LoRA: swap in task_id's adapter (or none, if not learned yet), restore after."""
+        if self.mode != "per_task" or task_id == getattr(self, "_training", None):
+            yield
+            return
+        if task_id not in self.adapters:
+            with self.model.disable_adapter():
+                yield
+            return
+        current = {n: p.detach().clone() for n, p in self.lora.items()}
+        self._load_lora(self.adapters[task_id])
+        try:
+            yield
+        finally:
+            self._load_lora(current)
+
+    def _steps(self, task) -> int:
+        n = _len(self.backbone.data(task, "train")[0])
+        return self.epochs * math.ceil(n / self.batch_size)
+
+    def learn(self, task_id: int, task) -> None:
+        torch.manual_seed(self.seed * 100003 + task_id)
+        self.seen[task_id] = task
+        if self.mode == "per_task":
+            self._reset_lora(task_id)
+        self.heads[task_id] = self._new_head(task_id, task)
+        if self.heads[task_id] is None:
+            del self.heads[task_id]
+        ids = sorted(self.seen) if self.mode == "joint" else [task_id]
+        data = {j: self.backbone.data(self.seen[j], "train") for j in ids}
+        head_params = [p for j in ids if j in self.heads for p in self.heads[j].parameters()]
+        opt = torch.optim.Adam([{"params": list(self.lora.values()), "lr": self.lr},
+                                {"params": head_params, "lr": self.head_lr}])
+        g = torch.Generator().manual_seed(self.seed * 100003 + task_id)
+        orders = {j: iter(()) for j in ids}
+        steps = self._steps(task)
+        if self.monitor:
+            self.monitor.begin_task(task_id, self.lora.values())
+        self._training = task_id
+        self.model.train()
+        with step_bar(steps, desc=f"{self.name} task {task_id} ({task.name})") as bar:
+            for step in range(steps):
+                j = ids[step % len(ids)]                      # joint: round-robin over seen tasks
+                idx = next(orders[j], None)
+                if idx is None:
+                    n = _len(data[j][0])
+                    orders[j] = iter(torch.randperm(n, generator=g).split(self.batch_size))
+                    idx = next(orders[j])
+                X, y = data[j]
+                loss = nn.functional.cross_entropy(
+                    self.backbone.logits(self.model, _take(X, idx), self.heads.get(j)), y[idx])
+                opt.zero_grad()
+                loss.backward()
+                if self.monitor:
+                    self.monitor.observe(task_id, step, lambda: torch.cat([p.grad.reshape(-1) for p in self.lora.values()]),
+                                         lambda k: self.score(k, self.seen[k]))
+                opt.step()
+                bar.update(1)
+        self.model.eval()
+        self._training = None
+        if self.monitor:
+            self.monitor.end_task(task_id, self.lora.values())
+        if self.mode == "per_task":
+            self.adapters[task_id] = {n: p.detach().clone() for n, p in self.lora.items()}
+
+    @torch.no_grad()
+    def score(self, task_id: int, task) -> float:
+        was_training = self.model.training
+        self.model.eval()
+        head = self.heads.get(task_id) or self._new_head(task_id, task)   # unseen task: a fresh head
+        X, _ = self.backbone.data(task, "test")
+        with self._adapter_for(task_id):
+            pred = _batched(lambda b: self.backbone.logits(self.model, b, head), X).argmax(-1)
+        self.model.train(was_training)
+        return self.backbone.score(task, pred)
+
+
+class SequentialLoRA(_LoRAMethod):
+    """One adapter trained on task after task: theta_t = argmin L_t starting from theta_{t-1}. Forgets."""
+
+    name, mode = "sequential LoRA", "sequential"
+
+
+class PerTaskLoRA(_LoRAMethod):
+    """A fresh adapter per task (seeded), kept and swapped in by task id: no forgetting, T adapters stored."""
+
+    name, mode = "per-task LoRA", "per_task"
+
+
+class JointLoRA(_LoRAMethod):
+    """One adapter trained on all tasks seen so far (round-robin batches, warm start from the last one).
+
+    After the last task it is the multi-task model; it keeps every task's training data (replay of
+    everything), which the storage count of parameters does not show.
+    """
+
+    name, mode = "joint LoRA", "joint"
+
+
+# ---------------------------------------------------------------- no-adapter baselines
+
+class FrozenBase:
+    """The pretrained model, never trained: digits MLP as is; text: nearest label-name embedding (zero-shot)."""
+
+    name = "frozen base"
+
+    def __init__(self, backbone):
+        self.backbone, self.model = backbone, backbone.frozen_copy()
+
+    def config(self) -> dict:
+        return {"name": self.name, **self.backbone.config()}
+
+    def learn(self, task_id: int, task) -> None:
+        pass
+
+    @torch.no_grad()
+    def score(self, task_id: int, task) -> float:
+        return self.backbone.score(task, self.backbone.zero_shot(self.model, task))
+
+    def storage(self) -> dict:
+        return {"shared": 0, "per_task": 0.0, "total": 0}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class LinearHead:
+    """Frozen encoder, a linear head per task on its features: y_hat = argmax (W_t f(x) + b_t)."""
+
+    name = "linear head"
+
+    def __init__(self, backbone, *, epochs: int = 100, lr: float = 1e-2, weight_decay: float = 1e-4, seed: int = 0):
+        self.backbone, self.epochs, self.lr, self.weight_decay, self.seed = backbone, epochs, lr, weight_decay, seed
+        self.model = backbone.frozen_copy()
+        self.heads: dict[int, nn.Linear] = {}
+        self._features: dict = {}
+
+    def config(self) -> dict:
+        return {"name": self.name, "epochs": self.epochs, "lr": self.lr, "weight_decay": self.weight_decay,
+                "seed": self.seed, **self.backbone.config()}
+
+    def _feats(self, task, split):
+        key = (task.name, split)
+        if key not in self._features:
+            X, y = self.backbone.data(task, split)
+            self._features[key] = (_batched(lambda b: self.backbone.features(self.model, b), X), y)
+        return self._features[key]
+
+    def learn(self, task_id: int, task) -> None:
+        F, y = self._feats(task, "train")
+        torch.manual_seed(self.seed * 100003 + task_id)
+        head = nn.Linear(F.shape[1], self.backbone.n_classes(task))
+        opt = torch.optim.Adam(head.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        with step_bar(self.epochs, desc=f"{self.name} task {task_id} ({task.name})") as bar:
+            for _ in range(self.epochs):                       # full batch: features are cached
+                loss = nn.functional.cross_entropy(head(F), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                bar.update(1)
+        self.heads[task_id] = head
+
+    @torch.no_grad()
+    def score(self, task_id: int, task) -> float:
+        F, _ = self._feats(task, "test")
+        if task_id not in self.heads:                          # unseen task: a fresh, untrained head
+            torch.manual_seed(self.seed * 100003 + task_id)
+            head = nn.Linear(F.shape[1], self.backbone.n_classes(task))
+        else:
+            head = self.heads[task_id]
+        return self.backbone.score(task, head(F).argmax(-1))
+
+    def storage(self) -> dict:
+        per = [n_params(h.parameters()) for h in self.heads.values()]
+        return {"shared": 0, "per_task": sum(per) / max(1, len(per)), "total": sum(per)}
+
+    def state_dict(self) -> dict:
+        return {"heads": {j: (h.in_features, h.out_features, h.state_dict()) for j, h in self.heads.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.heads = {}
+        for j, (i, o, sd) in state["heads"].items():
+            self.heads[j] = nn.Linear(i, o)
+            self.heads[j].load_state_dict(sd)

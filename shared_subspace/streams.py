@@ -1,0 +1,76 @@
+"""Task streams for continual learning: an ordered list of tasks with unique names.
+
+    digits_stream(n_tasks=10, seed=0) -> (base_mlp, tasks)   pixel permutations, rotations, flips
+    text_stream(n_tasks=8, seed=0)    -> tasks               MiniLM classification tasks (tasks.py)
+
+The digits MLP is pretrained once on plain digits and cached; every digits task keeps the 10
+classes, so the tasks share the output layer and differ only in what the input pixels mean.
+"""
+from __future__ import annotations
+
+import torch
+
+from shared_subspace import digits, runtime
+
+__all__ = ["DIGITS_KINDS", "pretrained_digits_mlp", "digits_stream", "text_stream", "reorder"]
+
+# The first ten digits tasks, interleaving the three families so any prefix mixes them.
+DIGITS_KINDS = ("permute", "rotate90", "flip_lr", "permute", "rotate180", "flip_ud", "permute",
+                "rotate270", "transpose", "permute")
+MLP_SIZES = (64, 64, 64, 10)
+
+
+def pretrained_digits_mlp(seed: int = 0, *, epochs: int = 40, rebuild: bool = False) -> digits.MLP:
+    """digits.MLP(64, 64, 64, 10) trained on plain digits (cached in cache_dir("streams"))."""
+    path = runtime.cache_dir("streams") / f"digits_mlp_{'-'.join(map(str, MLP_SIZES))}_seed{seed}_ep{epochs}.pt"
+    torch.manual_seed(seed)
+    mlp = digits.MLP(MLP_SIZES)
+    if path.exists() and not rebuild:
+        mlp.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    else:
+        task = digits.make_task("identity")
+        digits.train_classifier(mlp, task.X_train, task.y_train, epochs=epochs, lr=1e-2, seed=seed)
+        tmp = path.with_suffix(".tmp")
+        torch.save(mlp.state_dict(), tmp)
+        tmp.replace(path)
+    mlp.eval()
+    for p in mlp.parameters():
+        p.requires_grad_(False)
+    return mlp
+
+
+def digits_stream(n_tasks: int = 10, seed: int = 0) -> tuple[digits.MLP, list[digits.DigitsTask]]:
+    """(pretrained MLP, n_tasks digits tasks): permutations, rotations and flips, 10 classes each.
+
+    The first 10 tasks follow DIGITS_KINDS (permutation seeds derived from `seed`); beyond 10,
+    more pixel permutations. Names are unique (permute-<seed>, rotate90, ...).
+    """
+    if not 1 <= n_tasks <= 10 + 1000:
+        raise ValueError(f"n_tasks must be between 1 and 1010, got {n_tasks}")
+    kinds = list(DIGITS_KINDS[:n_tasks]) + ["permute"] * max(0, n_tasks - len(DIGITS_KINDS))
+    tasks, n_perm = [], 0
+    for kind in kinds:
+        if kind == "permute":
+            n_perm += 1
+            tasks.append(digits.make_task("permute", seed=1000 * seed + n_perm))
+        else:
+            tasks.append(digits.make_task(kind))
+    return pretrained_digits_mlp(seed), tasks
+
+
+def text_stream(n_tasks: int = 8, seed: int = 0, **sizes) -> list:
+    """The first `n_tasks` text-classification tasks of tasks.classification_tasks(seed, **sizes)."""
+    from shared_subspace.tasks import classification_tasks
+
+    tasks = classification_tasks(seed=seed, **sizes)
+    if not 1 <= n_tasks <= len(tasks):
+        raise ValueError(f"n_tasks must be between 1 and {len(tasks)} (classification tasks available), got {n_tasks}")
+    return list(tasks[:n_tasks])
+
+
+def reorder(stream: list, order) -> list:
+    """The stream in another order: `order` is a permutation of range(len(stream))."""
+    order = list(order)
+    if sorted(order) != list(range(len(stream))):
+        raise ValueError(f"order must be a permutation of 0..{len(stream) - 1}, got {order}")
+    return [stream[i] for i in order]
