@@ -1,0 +1,193 @@
+"""Benchmark: streaming per-layer basis extraction vs a plain read of the same files, and sklearn PCA.
+
+    .venv/bin/python benchmarks/bench_streaming.py                      # 200 files x 10M float32 (8 GB)
+    .venv/bin/python benchmarks/bench_streaming.py --files 40 --params 1000000   # a quick run
+
+Writes synthetic model files (a shared mean, a few shared directions, noise) to a temporary folder
+under --dir (deleted afterwards), then, each in its own subprocess so peak RSS is its own:
+
+1. plain read     every tensor of every file read once with safetensors (get_tensor + a sum, so
+                  every byte is really read, not just mapped)
+2. extract        streaming.extract_to_dir: two passes, Gram matrix + components, bases written
+3. plain read     again, after the extraction (both reads find the same page-cache state as the
+                  extraction: all files were just written or just read)
+4. sklearn PCA    in memory, per layer, on the largest subset of files within --sklearn-gb, and
+                  the streaming basis of the same subset compared with it (up to sign)
+
+Targets (issue 3): extraction peak RSS <= 2 GB and wall time <= 3x a plain read.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+CHILD = r"""
+import json, resource, sys, time
+args = json.loads(sys.argv[1])
+import torch
+from shared_subspace import runtime
+runtime.set_threads(args.get("threads"))
+t0 = time.perf_counter()
+out = {}
+if args["task"] == "read":
+    from safetensors import safe_open
+    total = 0
+    for f in args["files"]:
+        with safe_open(f, framework="pt") as h:
+            for name in h.keys():
+                t = h.get_tensor(name)
+                total += float(t.sum())   # touch every byte: get_tensor may map the file lazily
+    out["checksum"] = total
+elif args["task"] == "extract":
+    from shared_subspace import streaming
+    streaming.extract_to_dir(args["files"], args["k"], args["out"], memory_mb=args["memory_mb"], progress=False)
+elif args["task"] == "sklearn":
+    import numpy as np
+    from safetensors import safe_open
+    from sklearn.decomposition import PCA
+    from shared_subspace import streaming, zoo, subspace
+    files = args["files"]
+    groups = zoo.layer_groups(safe_open(files[0], framework="pt").keys())
+    for layer, names in groups.items():
+        X = []
+        for f in files:
+            with safe_open(f, framework="pt") as h:
+                X.append(np.concatenate([h.get_tensor(n).numpy().reshape(-1) for n in names]))
+        X = np.stack(X)
+        pca = PCA(n_components=args["k"], svd_solver="full").fit(X)
+        del X
+        np.save(f"{args['out']}/{layer}.npy", pca.components_)
+    out["fit_s"] = time.perf_counter() - t0
+out["wall_s"] = time.perf_counter() - t0
+out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps(out))
+"""
+
+
+def child(task: str, **kw) -> dict:
+    res = subprocess.run([sys.executable, "-c", CHILD, json.dumps(dict(task=task, **kw))],
+                         capture_output=True, text=True)
+    if res.returncode:
+        raise RuntimeError(f"{task} failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def write_files(folder: Path, n_files: int, params: int, n_layers: int, rank: int, seed: int) -> list[str]:
+    """n_files models: per layer x = mu + c @ V + noise (rank shared directions), float32."""
+    g = torch.Generator().manual_seed(seed)
+    per_layer = params // n_layers
+    cols = 1000
+    rows = per_layer // cols
+    mu = [torch.randn(rows, cols, generator=g) for _ in range(n_layers)]
+    V = [torch.randn(rank, rows * cols, generator=g) / 4 for _ in range(n_layers)]
+    files = []
+    for i in tqdm(range(n_files), desc="write files"):
+        tensors = {}
+        for j in range(n_layers):
+            c = torch.randn(1, rank, generator=g) * torch.linspace(3, 1, rank)
+            x = mu[j] + (c @ V[j]).reshape(rows, cols) + 0.5 * torch.randn(rows, cols, generator=g)
+            tensors[f"layer{j}.weight"] = x
+        path = folder / f"model{i:04d}.safetensors"
+        save_file(tensors, str(path))
+        files.append(str(path))
+    return files
+
+
+def compare_sklearn(stream_dir: Path, sk_dir: Path) -> float:
+    """Largest 2-norm difference between matching components (sign aligned)."""
+    import numpy as np
+    from shared_subspace.subspace import load_basis
+
+    worst = 0.0
+    for path in sorted(sk_dir.glob("*.npy")):
+        ref = torch.from_numpy(np.load(path)).double()
+        got = load_basis(stream_dir / f"{path.stem}.safetensors").components.double()
+        sign = torch.sign((ref * got).sum(1))
+        worst = max(worst, float((ref - sign[:, None] * got).norm(dim=1).max()))
+    return worst
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--files", type=int, default=200)
+    p.add_argument("--params", type=int, default=10_000_000, help="float32 parameters per file")
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--rank", type=int, default=8, help="shared directions planted in the files")
+    p.add_argument("--k", type=int, default=16)
+    p.add_argument("--memory-mb", type=float, default=256, help="chunk memory of the extraction")
+    p.add_argument("--sklearn-gb", type=float, default=2.0, help="data size of the in-memory sklearn subset")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: runtime.set_threads)")
+    p.add_argument("--dir", default="/tmp", help="where the temporary folder goes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="also write the results here")
+    args = p.parse_args(argv)
+
+    need = args.files * args.params * 4
+    free = shutil.disk_usage(args.dir).free
+    if free < 1.2 * need:
+        print(f"not enough disk in {args.dir}: need {need / 1e9:.1f} GB, {free / 1e9:.1f} GB free")
+        return 1
+    root = Path(tempfile.mkdtemp(prefix="bench_streaming_", dir=args.dir))
+    results = dict(files=args.files, params_per_file=args.params, data_gb=need / 1e9, k=args.k,
+                   memory_mb=args.memory_mb, threads=args.threads)
+    try:
+        data = root / "models"
+        data.mkdir()
+        t0 = time.perf_counter()
+        files = write_files(data, args.files, args.params, args.layers, args.rank, args.seed)
+        results["write_s"] = time.perf_counter() - t0
+        common = dict(threads=args.threads)
+        results["read_before"] = child("read", files=files, **common)
+        print("plain read    ", results["read_before"])
+        results["extract"] = child("extract", files=files, k=args.k, out=str(root / "bases"),
+                                   memory_mb=args.memory_mb, **common)
+        print("extract       ", results["extract"])
+        results["read_after"] = child("read", files=files, **common)
+        print("plain read    ", results["read_after"])
+        read_s = max(results["read_before"]["wall_s"], results["read_after"]["wall_s"])
+        read_min = min(results["read_before"]["wall_s"], results["read_after"]["wall_s"])
+        results["ratio_vs_slower_read"] = results["extract"]["wall_s"] / read_s
+        results["ratio_vs_faster_read"] = results["extract"]["wall_s"] / read_min
+
+        n_sk = max(2, min(args.files, int(args.sklearn_gb * 1e9 // (args.params * 4))))
+        sk_files = files[:n_sk]
+        (root / "sk").mkdir()
+        results["sklearn"] = dict(n_files=n_sk, **child("sklearn", files=sk_files, k=min(args.k, n_sk - 1),
+                                                        out=str(root / "sk"), **common))
+        print("sklearn PCA   ", results["sklearn"])
+        results["extract_subset"] = child("extract", files=sk_files, k=min(args.k, n_sk - 1),
+                                          out=str(root / "bases_subset"), memory_mb=args.memory_mb, **common)
+        print("extract subset", results["extract_subset"])
+        results["max_component_diff_vs_sklearn"] = compare_sklearn(root / "bases_subset", root / "sk")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+    ex = results["extract"]
+    print(f"\n{args.files} files x {args.params / 1e6:g}M float32 = {need / 1e9:.2f} GB, k={args.k}")
+    print(f"plain read: {results['read_before']['wall_s']:.1f} s before, {results['read_after']['wall_s']:.1f} s after")
+    print(f"extract:    {ex['wall_s']:.1f} s = {results['ratio_vs_slower_read']:.2f}x the slower read "
+          f"({results['ratio_vs_faster_read']:.2f}x the faster); peak RSS {ex['peak_rss_mb']:.0f} MB")
+    print(f"targets:    RSS <= 2048 MB: {ex['peak_rss_mb'] <= 2048};  time <= 3x read: "
+          f"{results['ratio_vs_faster_read'] <= 3} (faster read) / {results['ratio_vs_slower_read'] <= 3} (slower)")
+    sk = results["sklearn"]
+    print(f"sklearn PCA on {sk['n_files']} files: {sk['wall_s']:.1f} s, peak RSS {sk['peak_rss_mb']:.0f} MB; "
+          f"streaming on the same files {results['extract_subset']['wall_s']:.1f} s, "
+          f"peak RSS {results['extract_subset']['peak_rss_mb']:.0f} MB; "
+          f"max component difference {results['max_component_diff_vs_sklearn']:.1e}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
