@@ -6,6 +6,7 @@ controls are orange (mean-only), green (basis-only) and red (random basis), thre
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import matplotlib.ticker as mticker
 import numpy as np
 import seaborn as sns
 
@@ -142,7 +143,7 @@ def projection_vs_k(ks, rel_error: dict, loss: dict, *, labels=None, k=None, k_s
     loss_ref a horizontal line for the unprojected models.
     """
     if axes is None:
-        _, axes = plt.subplots(1, 2, figsize=(2 * FIGSIZE[0] * 0.8, FIGSIZE[1]), layout="constrained")
+        _, axes = plt.subplots(1, 2, figsize=(2 * FIGSIZE[0] * 0.8, FIGSIZE[1]), gridspec_kw={"wspace": 0.3})
     labels = labels or {}
     ks = _np(ks)
     for ax, curves, ylabel in ((axes[0], rel_error, "relative reconstruction error"), (axes[1], loss, "task loss")):
@@ -155,9 +156,12 @@ def projection_vs_k(ks, rel_error: dict, loss: dict, *, labels=None, k=None, k_s
         ax.set(xlabel="k", ylabel=ylabel)
     if loss_ref is not None:
         axes[1].axhline(float(loss_ref), color=COLORS["full"], lw=1, alpha=0.6, label="trained (no projection)")
-    axes[1].set_yscale("log")
+    axes[1].set_yscale("log")  # plain tick labels: mathtext ones double the redraw time of a widget
+    axes[1].yaxis.set_major_locator(mticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    axes[1].yaxis.set_major_formatter(mticker.FormatStrFormatter("%g"))
+    axes[1].yaxis.set_minor_formatter(mticker.NullFormatter())
     axes[0].set_ylim(0, 1.05)
-    axes[1].legend(fontsize="small")
+    axes[1].legend(fontsize="small", loc="center right")  # a fixed place: "best" is slow to find
     if title:
         axes[0].figure.suptitle(title)
     return axes
