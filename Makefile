@@ -21,8 +21,10 @@ $(VENV)/.installed: $(BIN)/activate pyproject.toml
 	touch $@
 
 lab: install
-	$(BIN)/jupyter lab --notebook-dir=notebooks --ip=127.0.0.1 --port=$(PORT) --no-browser $$([ "$$(id -u)" = 0 ] && echo --allow-root) \
-		--IdentityProvider.token=$${JUPYTER_TOKEN:-$$($(BIN)/python -c 'import secrets; print(secrets.token_hex(16))')}
+	@token=$${JUPYTER_TOKEN:-$$($(BIN)/python -c 'import secrets; print(secrets.token_hex(16))')}; \
+	echo "\n  shared-subspace: open http://127.0.0.1:$(PORT)/lab?token=$$token\n"; \
+	$(BIN)/jupyter lab --notebook-dir=notebooks --ip=127.0.0.1 --port=$(PORT) --no-browser \
+		$$([ "$$(id -u)" = 0 ] && echo --allow-root) --IdentityProvider.token=$$token
 
 browser-deps:   # Debian's headless Chromium for tests/test_browser.py (root, or the test skips)
 	@test -x /usr/bin/chromium || (export DEBIAN_FRONTEND=noninteractive; \
