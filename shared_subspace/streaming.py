@@ -230,7 +230,6 @@ def extract_to_dir(files_or_folder, k: int, out, **kwargs) -> dict[str, Path]:
 
 # ---------------------------------------------------------------- command line
 
-@command("extract", "per-layer bases from many safetensors files in bounded memory (two streaming passes)")
 def run(args) -> int:
     paths = extract_to_dir(args.files, args.k, args.out, memory_mb=args.memory_mb, device=args.device,
                            progress=not args.quiet)
@@ -246,3 +245,4 @@ run.add_arguments = lambda p: (
     p.add_argument("--memory-mb", type=float, default=256, help="memory for column chunks (default 256)"),
     p.add_argument("--device", default=None, help="run the products on this device, e.g. cuda (default cpu)"),
     p.add_argument("--quiet", action="store_true", help="no progress bar"))
+command("extract", "per-layer bases from many safetensors files in bounded memory (two streaming passes)")(run)

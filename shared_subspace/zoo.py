@@ -231,13 +231,15 @@ def stack_layer(states: list[dict], layer: str) -> torch.Tensor:
 
 def unstack_layer(vec: torch.Tensor, like: dict, layer: str) -> dict[str, torch.Tensor]:
     """Inverse of stack_layer for one row: {tensor name: tensor shaped like `like`}."""
+    names = layer_groups(like)[layer]
+    total = sum(like[n].numel() for n in names)
+    if total != vec.numel():
+        raise ValueError(f"layer {layer} has {total} parameters but the vector has {vec.numel()}")
     out, start = {}, 0
-    for n in layer_groups(like)[layer]:
+    for n in names:
         size = like[n].numel()
         out[n] = vec[start:start + size].reshape(like[n].shape).to(like[n].dtype)
         start += size
-    if start != vec.numel():
-        raise ValueError(f"layer {layer} has {start} parameters but the vector has {vec.numel()}")
     return out
 
 
@@ -269,7 +271,6 @@ def zoo_nbytes(states: list[dict]) -> int:
 
 # ---------------------------------------------------------------- command line
 
-@command("zoo", "train the digits MLP zoos (fine-tuned from one init, independent, random init)")
 def run(args) -> int:
     cfg = default_config(fast=bool(getattr(args, "fast", False)))
     root = getattr(args, "out", None)
@@ -285,3 +286,4 @@ run.add_arguments = lambda p: (
     p.add_argument("--inits", nargs="+", choices=INITS, help="which zoos (default: all three)"),
     p.add_argument("--out", help="parent folder (default: the cache, runtime.cache_dir('zoo'))"))
 run.builds_cache = True
+command("zoo", "train the digits MLP zoos (fine-tuned from one init, independent, random init)")(run)
