@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from . import runtime
+from .cli import command
 
 KINDS = ("generation", "classification")
 PROBE_THRESHOLD = 0.95   # a frozen encoder + linear head above this: the task teaches nothing about adapters
@@ -499,3 +500,27 @@ def default_stream(kind: str = "classification", seed: int = 0, n_train: int | N
     threshold = threshold if threshold is not None else (PROBE_THRESHOLD if kind == "classification" else BASE_THRESHOLD)
     scores = base_scores(tasks, model)
     return [t for t in tasks if scores[t.name] <= threshold]
+
+
+def suite_report(kind: str = "classification", seed: int = 0, *, model: str | None = None,
+                 rebuild: bool = False) -> list[dict]:
+    """One row per task of a suite: name, description, base score, and whether default_stream keeps it."""
+    tasks = (classification_tasks if kind == "classification" else generation_tasks)(seed)
+    threshold = PROBE_THRESHOLD if kind == "classification" else BASE_THRESHOLD
+    scores = base_scores(tasks, model, rebuild=rebuild)
+    return [{"task": t.name, "description": t.description, "base": round(scores[t.name], 3),
+             "in_default_stream": scores[t.name] <= threshold} for t in tasks]
+
+
+@command("tasks", "score the base models on every task suite (cached) and print which tasks the streams keep")
+def _cli(args) -> int:
+    for kind in ("classification", "generation"):
+        base = "frozen MiniLM + linear head" if kind == "classification" else "base SmolLM2, exact match"
+        print(f"== {kind} tasks ({base})")
+        for row in suite_report(kind, rebuild=getattr(args, "rebuild", False)):
+            keep = "stream" if row["in_default_stream"] else "solved"
+            print(f"{row['task']:>18}  {row['base']:.3f}  {keep:6}  {row['description']}")
+    return 0
+
+
+_cli.builds_cache = True
