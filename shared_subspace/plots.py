@@ -165,3 +165,27 @@ def projection_vs_k(ks, rel_error: dict, loss: dict, *, labels=None, k=None, k_s
     if title:
         axes[0].figure.suptitle(title)
     return axes
+
+
+def scree_grid(panels: dict, *, k=None, n_show=None, label="weights", figsize=None):
+    """A row of scree plots, one per panel: panels = {title: (ratios, null_lo, null_hi)}."""
+    fig, axes = plt.subplots(1, len(panels), figsize=figsize or (4.2 * len(panels), 3.6), sharey=True)
+    axes = np.atleast_1d(axes)
+    for ax, (title, (r, lo, hi)) in zip(axes, panels.items()):
+        scree(r, lo, hi, k=k, n_show=n_show, label=label, ax=ax, title=title)
+        if ax is not axes[0]:
+            ax.set_ylabel("")
+    fig.tight_layout()
+    return axes
+
+
+def zoo_explorer(ks, ratios, null_lo, null_hi, curves: dict, *, k, layer, ev_at_k, acc_at_k, n_show=None):
+    """Left: the layer's scree beside its null, k marked; right: held-out accuracy against k."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
+    scree(ratios, null_lo, null_hi, k=k, n_show=n_show, ax=a, label="zoo",
+          title=f"{layer}: top-{k} explain {ev_at_k:.0%}")
+    curve_vs_k(ks, curves, ylabel="held-out accuracy", k=k, ax=b,
+               title=f"{layer} projected: accuracy {acc_at_k:.2f} at k={k}")
+    b.set_ylim(0, 1)
+    fig.tight_layout()
+    return a, b

@@ -30,12 +30,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from . import digits, runtime
+from . import digits, nulls, runtime, subspace
 from .cli import command
 
 __all__ = ["TRANSFORMS", "ZooConfig", "default_config", "plan_members", "member_task", "pretrain",
            "build_zoo", "load_manifest", "load_members", "layer_of", "layer_groups", "layer_names",
-           "stack_layer", "unstack_layer", "replace_layer", "model_from_state", "evaluate", "zoo_nbytes"]
+           "stack_layer", "unstack_layer", "replace_layer", "model_from_state", "evaluate", "zoo_nbytes",
+           "CONTROLS", "fit_layer_bases", "layer_projector", "project_state", "accuracy_vs_k"]
 
 FORMAT = "shared-subspace-zoo/1"
 TRANSFORMS = ("identity", "rotate90", "rotate180", "rotate270", "flip_lr", "flip_ud", "transpose")
@@ -70,7 +71,9 @@ class ZooConfig:
 def default_config(fast: bool | None = None) -> ZooConfig:
     """The notebook's zoo: small in fast mode (tests), larger in full mode."""
     fast = runtime.fast_mode() if fast is None else fast
-    return ZooConfig(seeds=3, labelmaps=3, subsets=2) if fast else ZooConfig(seeds=6, labelmaps=5, subsets=4, heldout_seeds=2)
+    if fast:
+        return ZooConfig(seeds=3, labelmaps=2, subsets=1, independent_epochs=10)
+    return ZooConfig(seeds=6, labelmaps=5, subsets=4, heldout_seeds=2)
 
 
 def _subset(task_seed: int) -> list[int]:
@@ -267,6 +270,60 @@ def evaluate(state: dict, task: digits.DigitsTask) -> float:
 def zoo_nbytes(states: list[dict]) -> int:
     """Bytes of all the members' tensors (what storing the zoo as-is costs)."""
     return sum(t.numel() * t.element_size() for s in states for t in s.values())
+
+
+# ---------------------------------------------------------------- projecting models onto per-layer bases
+
+CONTROLS = ("basis", "mean_only", "basis_only", "random")
+
+
+def fit_layer_bases(states: list[dict], k: int | None = None) -> dict:
+    """{layer: subspace.Basis} of the centered per-layer stacks (all directions when k is None)."""
+    return {layer: subspace.fit_basis(stack_layer(states, layer), k) for layer in layer_names(states[0])}
+
+
+def layer_projector(basis, k: int, how: str = "basis", seed: int = 0):
+    """x -> its replacement under one reconstruction (a function of the layer vector x):
+
+    basis       mu + V_k^T V_k (x - mu)     the top-k subspace, with the mean
+    mean_only   mu                          the zoo mean alone
+    basis_only  V_k^T V_k x                 the top-k directions, no mean
+    random      mu + R^T R (x - mu)         a random k-dimensional basis R (nulls.random_basis)
+    """
+    if how == "mean_only":
+        return lambda x: nulls.mean_only(basis, x)
+    if how == "basis_only":
+        b = basis.truncate(k)
+        return lambda x: nulls.basis_only(b, x)
+    b = nulls.random_basis(basis, k, seed=seed) if how == "random" else basis.truncate(k)
+    if how not in ("basis", "random"):
+        raise ValueError(f"unknown reconstruction {how!r}: use one of {CONTROLS}")
+    return lambda x: subspace.reconstruct(b, subspace.project(b, x))
+
+
+def project_state(state: dict, projectors: dict) -> dict:
+    """A copy of `state` with each layer in `projectors` replaced by projector(layer vector)."""
+    for layer, f in projectors.items():
+        state = replace_layer(state, layer, f(stack_layer([state], layer))[0])
+    return state
+
+
+def accuracy_vs_k(entries: list[dict], states: list[dict], bases: dict, ks, hows=CONTROLS,
+                  layers=None, seed: int = 0) -> dict:
+    """{how: (len(ks),) mean test accuracy of the models after replacing `layers` (default all)
+    by each reconstruction at each k}, plus "full": the models as trained."""
+    import numpy as np
+
+    layers = list(layers or bases)
+    tasks = [member_task(e) for e in entries]
+    out = {"full": np.full(len(ks), np.mean([evaluate(s, t) for s, t in zip(states, tasks)]))}
+    for how in hows:
+        accs = []
+        for k in ks:
+            projectors = {layer: layer_projector(bases[layer], k, how, seed) for layer in layers}
+            accs.append(np.mean([evaluate(project_state(s, projectors), t) for s, t in zip(states, tasks)]))
+        out[how] = np.array(accs)
+    return out
 
 
 # ---------------------------------------------------------------- command line
