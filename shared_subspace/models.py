@@ -107,9 +107,25 @@ def resolve(name: str) -> str:
     return name
 
 
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() not in ("0", "", "false", "no", "off")
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Can we open a TCP connection to the Hugging Face endpoint (HF_ENDPOINT or huggingface.co)?"""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def _offline_message(name: str, exc: Exception) -> str:
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
-    why = ("HF_HUB_OFFLINE is set, so the hub was not asked" if offline
+    why = ("HF_HUB_OFFLINE is set, so the hub was not asked" if _offline()
            else "the Hugging Face hub could not be reached (or has no such model)")
     return (f"cannot load model {name!r}: it is not bundled, not a local folder, not in the Hugging Face "
             f"cache, and {why}.\nOffline, use a bundled name ({', '.join(BUNDLED)}) or a local folder "
@@ -153,12 +169,19 @@ def load_model(name: str = "bundled:minilm", *, kind: str = "encoder", num_label
     transformers.logging.set_verbosity_error()  # silence "newly initialized head" notes and
     transformers.logging.disable_progress_bar()  # the per-load "Loading weights" bar
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = auto.from_pretrained(source, dtype=dtype, **extra)
-    except OSError as exc:
-        if source != name:  # a folder we resolved ourselves: report as is
-            raise
-        raise ModelLoadError(_offline_message(name, exc)) from exc
+        try:  # a folder, or a hub id already in the Hugging Face cache: no network needed
+            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+            model = auto.from_pretrained(source, dtype=dtype, local_files_only=True, **extra)
+        except OSError as exc:
+            if source != name:  # a folder we resolved ourselves: report as is
+                raise
+            if _offline() or not _hub_reachable():  # fail in seconds, not after a minute of retries
+                raise ModelLoadError(_offline_message(name, exc)) from exc
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(source)
+                model = auto.from_pretrained(source, dtype=dtype, **extra)
+            except OSError as exc:
+                raise ModelLoadError(_offline_message(name, exc)) from exc
     finally:
         transformers.logging.set_verbosity(verbosity)
         if bars:

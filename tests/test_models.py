@@ -57,10 +57,10 @@ def test_smollm2_conversion_cached_and_reload_fast():
     folder = models.smollm2_folder()
     assert (folder / "model.safetensors").exists() and (folder / "tokenizer.json").exists()
     assert not list(folder.parent.glob(".smollm2-*")), "a temporary conversion folder was left behind"
-    start = time.perf_counter()
+    start = time.process_time()   # CPU time: wall time on a busy shared machine measures the neighbours
     model, tokenizer = models.load_model("bundled:smollm2", kind="causal_lm")
-    seconds = time.perf_counter() - start
-    assert seconds < 2.0, f"reloading the cached SmolLM2 took {seconds:.2f} s"
+    seconds = time.process_time() - start
+    assert seconds < 1.5, f"reloading the cached SmolLM2 took {seconds:.2f} s of CPU time"
     assert model.config.model_type == "llama" and model.config.num_hidden_layers == 30
     assert not hasattr(model.config, "quantization_config")
 
@@ -74,3 +74,12 @@ def test_generate_batched_left_padding_matches_one_by_one():
     assert batched == single
     assert "Paris" in batched[0] and "seven" in batched[1]
     assert tokenizer.padding_side == side   # restored after generating
+
+
+def test_unreachable_hub_fails_fast_with_advice(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")   # nothing listens there: connection refused
+    start = time.perf_counter()
+    with pytest.raises(models.ModelLoadError, match=r"(?s)hub could not be reached.*Offline, use a bundled name"):
+        models.load_model("no-such-user/no-such-model-3141")
+    assert time.perf_counter() - start < 10
