@@ -164,11 +164,20 @@ class BasisFactor(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        F = torch.cat([self.basis @ self.coeffs, self.temp], 1)    # d x (p + q)
-        return F.T if self.side == "A" else F
+        # PEFT reads lora_A.weight (for its dtype) just before calling lora_A(x): build the weight once
+        # and let the next forward reuse it while the parameters are unchanged (their version counters).
+        F = self.basis @ self.coeffs if self.temp.shape[1] == 0 else \
+            torch.cat([self.basis @ self.coeffs, self.temp], 1)           # d x (p + q)
+        W = F.T if self.side == "A" else F
+        self._cached = (self.coeffs._version, self.temp._version, torch.is_grad_enabled(), W)
+        return W
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(x, self.weight)
+        cached, self._cached = getattr(self, "_cached", None), None
+        fresh = cached is not None and cached[:3] == (self.coeffs._version, self.temp._version, torch.is_grad_enabled())
+        W = cached[3] if fresh else self.weight
+        self._cached = None
+        return nn.functional.linear(x, W)
 
 
 def _lora_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -336,6 +345,10 @@ class Share:
         return {"shared": int(shared), "per_task": (coeffs + heads) / n, "total": int(shared + coeffs + heads),
                 "per_task_coeffs": coeffs / n, "per_task_heads": heads / n}
 
+    def monitors(self) -> dict:
+        """What run_stream stores beside R: per-task basis sizes (directions kept, from data) and times."""
+        return {"history": self.history, "storage": self.storage()}
+
     def state_dict(self) -> dict:
         return {"config": self.config(), "bases": self.bases, "coeffs": self.coeffs, "seeds": self.seeds,
                 "heads": [None if h is None else h.state_dict() for h in self.heads], "history": self.history}
@@ -492,3 +505,153 @@ def export_peft(base_model: nn.Module, factors: dict[str, tuple[torch.Tensor, to
     folder = Path(folder)
     model.save_pretrained(folder)
     return folder
+
+
+# ---------------------------------------------------------------- experiments: both streams, cached runs, sweeps
+
+# Stream sizes per mode (fast: tests and classrooms; full: the notebook's real numbers).
+SETTINGS = {
+    "digits": {"full": {"n_tasks": 10, "epochs": 20}, "fast": {"n_tasks": 10, "epochs": 8}},
+    "text": {"full": {"n_tasks": 8, "n_train": 256, "n_test": 128, "epochs": 8},
+             "fast": {"n_tasks": 3, "n_train": 48, "n_test": 48, "epochs": 4}},
+}
+# Share's default per stream, and the LoRA baselines' (same epochs and data as Share).
+SHARE_DEFAULTS = {"digits": {"k": 24, "p": 2, "n_init": 4, "lr": 3e-2},
+                  "text": {"k": 16, "p": 4, "n_init": 1, "lr": 1e-2}}
+LORA_DEFAULTS = {"r": 8, "alpha": 16, "lr": 1e-2}
+BASELINES = ("per_task_lora", "sequential_lora", "joint_lora")
+# The sweep grid per stream and mode: every (k, p, q) is one full run over the stream.
+GRID = {
+    "digits": {"full": {"ks": (4, 8, 16, 24, 32), "ps": (1, 2, 4), "qs": (0, 2)},
+               "fast": {"ks": (8, 24), "ps": (2,), "qs": (0,)}},
+    "text": {"full": {"ks": (8, 16, 32), "ps": (2, 4), "qs": (0,)},
+             "fast": {"ks": (16,), "ps": (4,), "qs": (0,)}},
+}
+_BACKBONES: dict = {}
+
+
+def _mode(fast: bool | None) -> str:
+    return "fast" if (runtime.fast_mode() if fast is None else fast) else "full"
+
+
+def setup(stream: str, fast: bool | None = None):
+    """(backbone, tasks, settings) of the digits or MiniLM text stream at this mode's size."""
+    from . import streams
+    from .baselines import DigitsBackbone, TextBackbone
+
+    if stream not in SETTINGS:
+        raise ValueError(f"unknown stream {stream!r}: use 'digits' or 'text'")
+    s = SETTINGS[stream][_mode(fast)]
+    if stream == "digits":
+        mlp, tasks = streams.digits_stream(s["n_tasks"])
+        if "digits" not in _BACKBONES:
+            _BACKBONES["digits"] = DigitsBackbone(mlp)
+        return _BACKBONES["digits"], tasks, s
+    if "text" not in _BACKBONES:
+        _BACKBONES["text"] = TextBackbone()
+    return _BACKBONES["text"], streams.text_stream(s["n_tasks"], n_train=s["n_train"], n_test=s["n_test"]), s
+
+
+def make_method(stream: str, method: str = "share", *, fast: bool | None = None, **kw):
+    """A fresh method for `stream`: "share" (SHARE_DEFAULTS overridden by kw) or one of BASELINES."""
+    from . import baselines
+
+    backbone, _, s = setup(stream, fast)
+    if method == "share":
+        return Share(backbone, **{**SHARE_DEFAULTS[stream], "epochs": s["epochs"], **kw})
+    classes = {"per_task_lora": baselines.PerTaskLoRA, "sequential_lora": baselines.SequentialLoRA,
+               "joint_lora": baselines.JointLoRA}
+    if method not in classes:
+        raise ValueError(f"unknown method {method!r}: use 'share' or one of {BASELINES}")
+    return classes[method](backbone, **{**LORA_DEFAULTS, "epochs": s["epochs"], **kw})
+
+
+def run(stream: str, method: str = "share", *, fast: bool | None = None, rebuild: bool = False,
+        progress: bool = False, **kw):
+    """One method over one stream, as a continual.StreamResult, cached in cache_dir("share_sweeps").
+
+    The file is named by the keywords and a hash of the method's whole config, the stream's sizes
+    and task names, so changing any default never returns a stale result; `rebuild=True` recomputes.
+    """
+    import hashlib
+
+    from .continual import StreamResult, run_stream
+
+    mode = _mode(fast)
+    _, tasks, settings = setup(stream, fast)
+    m = make_method(stream, method, fast=fast, **kw)
+    ident = json.dumps({"config": m.config(), "settings": settings, "tasks": [t.name for t in tasks]},
+                       sort_keys=True, default=str)
+    key = "-".join(f"{k}={kw[k]}" for k in sorted(kw)) or "default"
+    path = (runtime.cache_dir("share_sweeps", f"{stream}-{mode}")
+            / f"{method}-{key}-{hashlib.sha1(ident.encode()).hexdigest()[:10]}.json")
+    if path.exists() and not rebuild:
+        return StreamResult.load(path)
+    result = run_stream(m, tasks, progress=progress, forward_transfer=False, measure_base=False)
+    result.save(path)
+    return result
+
+
+def summarize(result) -> dict:
+    """ACC, BWT and stored parameters of a StreamResult, as one flat row."""
+    mt = result.metrics()
+    return {"ACC": mt["ACC"], "BWT": mt["BWT"], "per_task": result.storage["per_task"],
+            "shared": result.storage["shared"], "total": result.storage["total"], "seconds": result.wall_time}
+
+
+def sweep(stream: str, *, ks=None, ps=None, qs=None, fast: bool | None = None, rebuild: bool = False,
+          progress: bool = False):
+    """Share over a grid of (k, p, q) (GRID by default) plus the random-basis control at each (k, p).
+
+    Returns a pandas DataFrame, one row per run: k, p, q, basis, ACC, BWT, per_task, shared, total.
+    Every run is cached (see `run`), so a second call only reads JSON files.
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    grid = GRID[stream][_mode(fast)]
+    ks, ps, qs = ks or grid["ks"], ps or grid["ps"], qs or grid["qs"]
+    points = [(k, p, q, "data") for k in ks for p in ps for q in qs] + [(k, p, 0, "random") for k in ks for p in ps]
+    rows = []
+    for k, p, q, basis in tqdm(points, desc=f"Share sweep ({stream})", disable=not progress):
+        kw = {"k": k, "p": p, "q": q} if basis == "data" else {"k": k, "p": p, "basis": "random"}
+        rows.append({"k": k, "p": p, "q": q, "basis": basis,
+                     **summarize(run(stream, "share", fast=fast, rebuild=rebuild, **kw))})
+    return pd.DataFrame(rows)
+
+
+def load_sweep(stream: str, *, fast: bool | None = None, progress: bool = False):
+    """The default sweep of `stream` plus the baselines' rows (method column), from the cache or computed."""
+    import pandas as pd
+
+    df = sweep(stream, fast=fast, progress=progress).assign(method="share")
+    base = [{"method": m, **summarize(run(stream, m, fast=fast))} for m in ("per_task_lora", "joint_lora")]
+    return pd.concat([df, pd.DataFrame(base)], ignore_index=True)
+
+
+def _cli(args) -> int:
+    streams_, both = getattr(args, "streams", ["digits", "text"]), getattr(args, "both_modes", False)
+    for stream in streams_:
+        for fast in ([True, False] if both else [bool(args.fast)]):
+            for m in BASELINES:
+                print(stream, m, summarize(run(stream, m, fast=fast, rebuild=args.rebuild, progress=True)))
+            for fill in ("literal",):
+                run(stream, "share", fast=fast, rebuild=args.rebuild, fill=fill)
+            print(sweep(stream, fast=fast, rebuild=args.rebuild, progress=True).to_string())
+    return 0
+
+
+def _register() -> None:
+    from .cli import command
+
+    _cli.add_arguments = lambda p: (
+        p.add_argument("--streams", nargs="+", default=["digits", "text"], choices=["digits", "text"]),
+        p.add_argument("--fast", action="store_true", help="the small fast-mode sizes"),
+        p.add_argument("--both-modes", action="store_true", help="fast and full"),
+        p.add_argument("--rebuild", action="store_true", help="recompute cached runs"))
+    _cli.builds_cache = True
+    command("share-sweep", "Share: baselines and the k / p / q sweep on the digits and text streams "
+            "(cached in share_sweeps)")(_cli)
+
+
+_register()
