@@ -157,10 +157,10 @@ def _layer_basis(files, tensors, k, chunk_elems, buffers, bar, device) -> Basis:
     mean = torch.empty(D, dtype=dtype, device=device)
     ones = torch.full((N,), 1.0 / N, dtype=dtype, device=device)
     for chunk, X in _prefetched(files, chunks, buffers):                     # pass 1
-        X = X.to(device)
+        X = X.to(device)                         # on the CPU: the buffer itself, changed in place
         c0, c1 = chunk[0][3], chunk[-1][4]
         mean[c0:c1] = ones @ X
-        X = X.sub_(X[0].clone()) if X.device == buffers[0].device else X - X[0]   # shift by file 0
+        X.sub_(X[0].clone())                                                  # shift by file 0
         G_c = X @ X.T
         if not torch.isfinite(G_c.diagonal()).all():                         # a NaN/Inf reaches diag(G)
             check_finite(files, chunk, read_chunk(files, chunk, dtype))
@@ -179,8 +179,7 @@ def _layer_basis(files, tensors, k, chunk_elems, buffers, bar, device) -> Basis:
     for chunk, X in _prefetched(files, chunks, buffers):                     # pass 2
         X = X.to(device)
         c0, c1 = chunk[0][3], chunk[-1][4]
-        X = X.sub_(mean[c0:c1]) if X.device == buffers[0].device else X - mean[c0:c1]
-        components[:, c0:c1] = (W @ X).cpu()
+        components[:, c0:c1] = (W @ X.sub_(mean[c0:c1])).cpu()
         bar.update(1)
     return Basis(components, mean.cpu(), S.to(dtype).cpu(), True, "streaming")
 
