@@ -42,6 +42,10 @@ def _take(inputs, idx):
     return {k: v[idx] for k, v in inputs.items()} if isinstance(inputs, dict) else inputs[idx]
 
 
+def _device(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
 def _len(inputs) -> int:
     return len(next(iter(inputs.values()))) if isinstance(inputs, dict) else len(inputs)
 
@@ -92,12 +96,14 @@ class TextBackbone:
 
     shared_head = False
 
-    def __init__(self, name: str = "bundled:minilm", *, max_length: int = 48, targets=("query", "value")):
+    def __init__(self, name: str = "bundled:minilm", *, max_length: int = 48, targets=("query", "value"),
+                 device=None):
         from shared_subspace.models import load_model
 
         self.name, self.max_length, self.targets = name, max_length, list(targets)
-        self.encoder, self.tokenizer = load_model(name, kind="encoder")
+        self.encoder, self.tokenizer = load_model(name, kind="encoder", device=device, dtype=torch.float32)
         self.encoder.eval().requires_grad_(False)
+        self.device = next(self.encoder.parameters()).device
         self.feature_dim = self.encoder.config.hidden_size
         self._cache: dict = {}
 
@@ -108,9 +114,9 @@ class TextBackbone:
         return copy.deepcopy(self.encoder).eval().requires_grad_(False)
 
     def _encode(self, texts):
-        enc = self.tokenizer(list(texts), padding="max_length", truncation=True,
-                             max_length=self.max_length, return_tensors="pt")
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
+                             return_tensors="pt")    # padded to the longest text of the split
+        return {"input_ids": enc["input_ids"].to(self.device), "attention_mask": enc["attention_mask"].to(self.device)}
 
     def data(self, task, split: str):
         key = (task.name, split)
@@ -120,7 +126,7 @@ class TextBackbone:
                 raise ValueError(f"text task {task.name!r} has no labels: only classification tasks fit a TextBackbone")
             index = {label: i for i, label in enumerate(task.labels)}
             try:
-                y = torch.tensor([index[ex.target] for ex in examples], dtype=torch.long)
+                y = torch.tensor([index[ex.target] for ex in examples], dtype=torch.long, device=self.device)
             except KeyError as exc:
                 raise ValueError(f"task {task.name!r}: target {exc.args[0]!r} is not among its labels") from None
             self._cache[key] = (self._encode(ex.input for ex in examples), y)
@@ -139,7 +145,7 @@ class TextBackbone:
         return head(self.features(model, inputs))
 
     def score(self, task, pred: torch.Tensor) -> float:
-        return float(task.score([task.labels[int(k)] for k in pred]))
+        return float(task.score([task.labels[int(k)] for k in pred.cpu()]))
 
     @torch.no_grad()
     def zero_shot(self, model, task):
@@ -225,7 +231,7 @@ class _LoRAMethod:
         if self.backbone.shared_head:
             return None
         torch.manual_seed(self.seed * 100003 + task_id)
-        return nn.Linear(self.backbone.feature_dim, self.backbone.n_classes(task))
+        return nn.Linear(self.backbone.feature_dim, self.backbone.n_classes(task)).to(_device(self.model))
 
     def _reset_lora(self, task_id: int) -> None:
         from peft.tuners.lora import LoraLayer
@@ -344,6 +350,7 @@ class FrozenBase:
 
     def __init__(self, backbone):
         self.backbone, self.model = backbone, backbone.frozen_copy()
+        self._scores: dict[str, float] = {}        # the model never changes: score each task once
 
     def config(self) -> dict:
         return {"name": self.name, **self.backbone.config()}
@@ -353,7 +360,9 @@ class FrozenBase:
 
     @torch.no_grad()
     def score(self, task_id: int, task) -> float:
-        return self.backbone.score(task, self.backbone.zero_shot(self.model, task))
+        if task.name not in self._scores:
+            self._scores[task.name] = self.backbone.score(task, self.backbone.zero_shot(self.model, task))
+        return self._scores[task.name]
 
     def storage(self) -> dict:
         return {"shared": 0, "per_task": 0.0, "total": 0}
@@ -390,7 +399,7 @@ class LinearHead:
     def learn(self, task_id: int, task) -> None:
         F, y = self._feats(task, "train")
         torch.manual_seed(self.seed * 100003 + task_id)
-        head = nn.Linear(F.shape[1], self.backbone.n_classes(task))
+        head = nn.Linear(F.shape[1], self.backbone.n_classes(task)).to(F.device)
         opt = torch.optim.Adam(head.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         with step_bar(self.epochs, desc=f"{self.name} task {task_id} ({task.name})") as bar:
             for _ in range(self.epochs):                       # full batch: features are cached
@@ -406,7 +415,7 @@ class LinearHead:
         F, _ = self._feats(task, "test")
         if task_id not in self.heads:                          # unseen task: a fresh, untrained head
             torch.manual_seed(self.seed * 100003 + task_id)
-            head = nn.Linear(F.shape[1], self.backbone.n_classes(task))
+            head = nn.Linear(F.shape[1], self.backbone.n_classes(task)).to(F.device)
         else:
             head = self.heads[task_id]
         return self.backbone.score(task, head(F).argmax(-1))
@@ -421,5 +430,49 @@ class LinearHead:
     def load_state_dict(self, state: dict) -> None:
         self.heads = {}
         for j, (i, o, sd) in state["heads"].items():
-            self.heads[j] = nn.Linear(i, o)
+            self.heads[j] = nn.Linear(i, o).to(_device(self.model))
             self.heads[j].load_state_dict(sd)
+
+
+# ---------------------------------------------------------------- the kit's settings (notebook 04, benchmark)
+
+RECIPES = {  # stream size and hyperparameters; "fast" keeps a notebook under its time limit on 2 cores
+    ("digits", "fast"): {"n_tasks": 10, "sizes": {}, "lora": dict(r=8, alpha=16, epochs=8, lr=1e-2, batch_size=64),
+                         "head": dict(epochs=100, lr=1e-2)},
+    ("digits", "full"): {"n_tasks": 10, "sizes": {}, "lora": dict(r=8, alpha=16, epochs=10, lr=1e-2, batch_size=64),
+                         "head": dict(epochs=200, lr=1e-2)},
+    ("text", "fast"): {"n_tasks": 3, "sizes": dict(n_train=64, n_test=32),
+                       "lora": dict(r=8, alpha=16, epochs=2, lr=2e-3, head_lr=1e-2, batch_size=16),
+                       "head": dict(epochs=100, lr=1e-2)},
+    ("text", "full"): {"n_tasks": 8, "sizes": dict(n_train=64, n_test=48),
+                       "lora": dict(r=8, alpha=16, epochs=3, lr=2e-3, head_lr=1e-2, batch_size=16),
+                       "head": dict(epochs=200, lr=1e-2)},
+}
+METHODS = {"sequential": SequentialLoRA, "per_task": PerTaskLoRA, "joint": JointLoRA,
+           "frozen": FrozenBase, "linear_head": LinearHead}
+
+
+def recipe(kind: str, fast: bool | None = None) -> dict:
+    """The settings for a "digits" or "text" stream; fast defaults to runtime.fast_mode()."""
+    from shared_subspace import runtime
+
+    if fast is None:
+        fast = runtime.fast_mode()
+    try:
+        return copy.deepcopy(RECIPES[(kind, "fast" if fast else "full")])
+    except KeyError:
+        raise ValueError(f"unknown stream kind {kind!r}: use 'digits' or 'text'") from None
+
+
+def make_method(key: str, backbone, *, fast: bool | None = None, seed: int = 0,
+                monitor: InterferenceMonitor | None = None, **overrides):
+    """A fresh baseline by key (sequential, per_task, joint, frozen, linear_head) with the recipe's settings."""
+    if key not in METHODS:
+        raise ValueError(f"unknown method {key!r}: choose one of {', '.join(METHODS)}")
+    kind = "digits" if isinstance(backbone, DigitsBackbone) else "text"
+    r = recipe(kind, fast)
+    if key == "frozen":
+        return FrozenBase(backbone)
+    if key == "linear_head":
+        return LinearHead(backbone, seed=seed, **{**r["head"], **overrides})
+    return METHODS[key](backbone, seed=seed, monitor=monitor, **{**r["lora"], **overrides})

@@ -17,7 +17,7 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-__all__ = ["flat", "cosine", "update_cosines", "InterferenceMonitor"]
+__all__ = ["flat", "cosine", "update_cosines", "InterferenceMonitor", "curves"]
 
 
 def flat(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
@@ -87,10 +87,17 @@ class InterferenceMonitor:
     def load_state_dict(self, state: dict) -> None:
         self.every, self.updates, self.records = state["every"], dict(state["updates"]), list(state["records"])
 
-    def curves(self, task_id: int) -> tuple[np.ndarray, dict[int, np.ndarray], dict[int, np.ndarray]]:
+    def curves(self, task_id: int):
         """(steps, {j: cosines}, {j: scores}) recorded while task `task_id` trained."""
-        recs = [r for r in self.records if r["task"] == task_id]
-        steps = np.array([r["step"] for r in recs])
-        js = sorted(recs[0]["cos"]) if recs else []
-        return (steps, {j: np.array([r["cos"][j] for r in recs]) for j in js},
-                {j: np.array([r["scores"][j] for r in recs]) for j in js})
+        return curves(self.to_dict(), task_id)
+
+
+def curves(monitor: dict, task_id: int) -> tuple[np.ndarray, dict[int, np.ndarray], dict[int, np.ndarray]]:
+    """From a monitor's `to_dict()` (e.g. StreamResult.monitors): (steps, {j: cosines}, {j: scores}) of task_id."""
+    recs = [r for r in monitor.get("records", []) if r["task"] == task_id]
+    if not recs:
+        raise ValueError(f"no interference records for task {task_id}: was it monitored (and not the first task)?")
+    steps = np.array([r["step"] for r in recs])
+    js = sorted(recs[0]["cos"], key=int)
+    return (steps, {int(j): np.array([r["cos"][j] for r in recs]) for j in js},
+            {int(j): np.array([r["scores"][j] for r in recs]) for j in js})

@@ -189,3 +189,75 @@ def zoo_explorer(ks, ratios, null_lo, null_hi, curves: dict, *, k, layer, ev_at_
     b.set_ylim(0, 1)
     fig.tight_layout()
     return a, b
+
+
+# ---------------------------------------------------------------- continual learning (notebook 04)
+
+def accuracy_heatmap(R, names, *, ax=None, title=None, vmin=0.0, vmax=1.0, annot=True):
+    """The accuracy matrix R[i, j] (row: after training task i; column: task j), lower triangle with values.
+
+    Entries above the diagonal (scores before training, if measured) are shown faded.
+    """
+    R = _np(R).astype(float)
+    T = len(R)
+    ax = _ax(ax, figsize=(0.55 * T + 2.2, 0.45 * T + 1.6))
+    upper = np.triu(np.ones_like(R, dtype=bool), 1)
+    sns.heatmap(R, mask=upper | np.isnan(R), ax=ax, vmin=vmin, vmax=vmax, cmap="viridis", annot=annot and T <= 12,
+                fmt=".2f", annot_kws={"size": 7}, cbar_kws={"label": "score"}, square=True,
+                xticklabels=names, yticklabels=names)
+    if np.isfinite(R[upper]).any():
+        sns.heatmap(R, mask=~upper | np.isnan(R), ax=ax, vmin=vmin, vmax=vmax, cmap="Greys", alpha=0.35,
+                    annot=annot and T <= 12, fmt=".2f", annot_kws={"size": 6, "color": "0.4"}, cbar=False,
+                    square=True, xticklabels=names, yticklabels=names)
+    ax.set(xlabel="scored on task j", ylabel="after training task i", title=title)
+    ax.tick_params(axis="x", rotation=60, labelsize=7)
+    ax.tick_params(axis="y", rotation=0, labelsize=7)
+    return ax
+
+
+def score_curves(R, names, *, ax=None, title=None):
+    """Score of each task over the stream (from the moment it was trained): forgetting as falling lines."""
+    R = _np(R).astype(float)
+    ax = _ax(ax)
+    T = len(R)
+    colors = sns.color_palette("husl", T)
+    for j in range(T):
+        ax.plot(np.arange(j, T), R[j:, j], "o-", ms=3, lw=1.2, color=colors[j], label=names[j])
+    ax.plot(np.arange(T), [R[i, :i + 1].mean() for i in range(T)],
+            color=COLORS["full"], lw=2.5, label="mean over seen tasks")
+    ax.set(xlabel="after training task i", ylabel="score", ylim=(0, 1.02), title=title,
+           xticks=range(T))
+    ax.legend(fontsize=7, ncol=2, loc="lower left")
+    return ax
+
+
+def storage_vs_acc(points: dict, *, ax=None, title="what each method stores, and what it keeps"):
+    """Scatter: stored parameters (total, log scale) against final ACC; points = {method: (total, ACC)}."""
+    ax = _ax(ax)
+    for name, (total, acc) in points.items():
+        x = max(float(total), 1.0)
+        ax.scatter(x, acc, s=60)
+        ax.annotate(name, (x, acc), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.set(xscale="log", xlabel="parameters stored (beyond the frozen base; 0 shown at 1)", ylabel="ACC",
+           ylim=(0, 1.05), title=title)
+    return ax
+
+
+def interference_curves(steps, cosines: dict, scores: dict, names=None, *, axes=None, title=None):
+    """While one task trains: cos(-gradient, earlier update) (left) and earlier tasks' scores (right) per step."""
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    names = names or {}
+    colors = sns.color_palette("husl", max(1, len(cosines)))
+    for c, j in zip(colors, cosines):
+        label = names.get(j, f"task {j}")
+        axes[0].plot(steps, cosines[j], color=c, label=label)
+        axes[1].plot(steps, scores[j], color=c, label=label)
+    axes[0].axhline(0, color=COLORS["threshold"], lw=0.8, ls=":")
+    axes[0].set(xlabel="training step of the new task", ylabel="cos(-g_new, delta_j)", title="gradient vs earlier updates")
+    axes[1].set(xlabel="training step of the new task", ylabel="score of earlier task", ylim=(0, 1.02),
+                title="earlier tasks drift")
+    axes[1].legend(fontsize=7, ncol=2)
+    if title:
+        axes[0].figure.suptitle(title)
+    return axes
