@@ -261,3 +261,47 @@ def interference_curves(steps, cosines: dict, scores: dict, names=None, *, axes=
     if title:
         axes[0].figure.suptitle(title)
     return axes
+
+
+def pareto(df, *, ax=None, title="ACC vs parameters stored per task", highlight=None):
+    """Share's sweep as ACC against stored parameters per task (log x), with the baselines marked.
+
+    df: rows with method ("share" | "per_task_lora" | "joint_lora" ...), ACC, per_task, and for Share
+    k, p, q, basis. Data-basis points are blue (filled: q = 0, hollow: with temporary factors), the
+    random-basis control red; the Pareto front of Share's points is a line. `highlight`=(k, p) rings one point.
+    """
+    ax = _ax(ax)
+    s = df[df["method"] == "share"]
+    data, rand = s[s["basis"] == "data"], s[s["basis"] == "random"]
+    for q, d in data.groupby("q"):
+        ax.scatter(d["per_task"], d["ACC"], s=28, color=COLORS["basis"], label=f"Share (q={q})",
+                   facecolors=COLORS["basis"] if q == 0 else "none", zorder=3)
+    ax.scatter(rand["per_task"], rand["ACC"], s=22, marker="x", color=COLORS["random"], label="random basis (same k)")
+    front = data.sort_values("per_task")
+    front = front[front["ACC"] >= front["ACC"].cummax()]
+    ax.plot(front["per_task"], front["ACC"], color=COLORS["basis"], lw=1, alpha=0.6)
+    marks = {"per_task_lora": ("*", COLORS["full"], "per-task LoRA"), "joint_lora": ("D", COLORS["heldout"], "joint LoRA"),
+             "sequential_lora": ("v", COLORS["mean_only"], "sequential LoRA")}
+    for method, (marker, color, label) in marks.items():
+        b = df[df["method"] == method]
+        if len(b):
+            ax.scatter(b["per_task"], b["ACC"], s=90, marker=marker, color=color, label=label, zorder=4)
+    if highlight is not None:
+        h = data[(data["k"] == highlight[0]) & (data["p"] == highlight[1])]
+        ax.scatter(h["per_task"], h["ACC"], s=220, facecolors="none", edgecolors=COLORS["threshold"], lw=1.5,
+                   label=f"k={highlight[0]}, p={highlight[1]}", zorder=5)
+    ax.set(xscale="log", xlabel="parameters stored per task (log)", ylabel="ACC (after the last task)", title=title)
+    ax.legend(fontsize=8, loc="lower right")
+    return ax
+
+
+def memory_vs_tasks(table, *, ax=None, title="what is stored as tasks accumulate", bytes_=False):
+    """Stored parameters (or bytes) against the number of tasks, one line per method (memory.storage_table)."""
+    ax = _ax(ax)
+    colors = {"per_task_lora": COLORS["full"], "sequential_lora": COLORS["mean_only"], "share": COLORS["basis"]}
+    col = "bytes" if bytes_ else "params"
+    for method, d in table.groupby("method", sort=False):
+        ax.plot(d["tasks"], d[col], "o-", ms=3, color=colors.get(method), label=method.replace("_", " "))
+    ax.set(yscale="log", xlabel="number of tasks", ylabel=f"stored {col} (log)", title=title)
+    ax.legend()
+    return ax
