@@ -512,20 +512,21 @@ def export_peft(base_model: nn.Module, factors: dict[str, tuple[torch.Tensor, to
 # Stream sizes per mode (fast: tests and classrooms; full: the notebook's real numbers).
 SETTINGS = {
     "digits": {"full": {"n_tasks": 10, "epochs": 20}, "fast": {"n_tasks": 10, "epochs": 8}},
-    "text": {"full": {"n_tasks": 8, "n_train": 256, "n_test": 128, "epochs": 8},
-             "fast": {"n_tasks": 3, "n_train": 48, "n_test": 48, "epochs": 4}},
+    "text": {"full": {"n_tasks": 8, "n_train": 128, "n_test": 64, "epochs": 6},
+             "fast": {"n_tasks": 3, "n_train": 64, "n_test": 48, "epochs": 5}},
 }
 # Share's default per stream, and the LoRA baselines' (same epochs and data as Share).
 SHARE_DEFAULTS = {"digits": {"k": 24, "p": 2, "n_init": 4, "lr": 3e-2},
                   "text": {"k": 16, "p": 4, "n_init": 1, "lr": 1e-2}}
 LORA_DEFAULTS = {"r": 8, "alpha": 16, "lr": 1e-2}
 BASELINES = ("per_task_lora", "sequential_lora", "joint_lora")
-# The sweep grid per stream and mode: every (k, p, q) is one full run over the stream.
+# The sweep grid per stream and mode: every (k, p, q) is one full run over the stream; the
+# random-basis control runs at every (k, p) with k in random_ks.
 GRID = {
-    "digits": {"full": {"ks": (4, 8, 16, 24, 32), "ps": (1, 2, 4), "qs": (0, 2)},
-               "fast": {"ks": (8, 24), "ps": (2,), "qs": (0,)}},
-    "text": {"full": {"ks": (8, 16, 32), "ps": (2, 4), "qs": (0,)},
-             "fast": {"ks": (16,), "ps": (4,), "qs": (0,)}},
+    "digits": {"full": {"ks": (4, 8, 16, 24, 32), "ps": (1, 2, 4), "qs": (0, 2), "random_ks": (4, 8, 16, 24, 32)},
+               "fast": {"ks": (8, 24), "ps": (2,), "qs": (0,), "random_ks": (8, 24)}},
+    "text": {"full": {"ks": (8, 16, 32), "ps": (4,), "qs": (0,), "random_ks": (16,)},
+             "fast": {"ks": (16,), "ps": (4,), "qs": (0,), "random_ks": ()}},
 }
 _BACKBONES: dict = {}
 
@@ -599,9 +600,9 @@ def summarize(result) -> dict:
             "shared": result.storage["shared"], "total": result.storage["total"], "seconds": result.wall_time}
 
 
-def sweep(stream: str, *, ks=None, ps=None, qs=None, fast: bool | None = None, rebuild: bool = False,
-          progress: bool = False):
-    """Share over a grid of (k, p, q) (GRID by default) plus the random-basis control at each (k, p).
+def sweep(stream: str, *, ks=None, ps=None, qs=None, random_ks=None, fast: bool | None = None,
+          rebuild: bool = False, progress: bool = False):
+    """Share over a grid of (k, p, q) (GRID by default) plus the random-basis control at (k in random_ks, p).
 
     Returns a pandas DataFrame, one row per run: k, p, q, basis, ACC, BWT, per_task, shared, total.
     Every run is cached (see `run`), so a second call only reads JSON files.
@@ -611,7 +612,8 @@ def sweep(stream: str, *, ks=None, ps=None, qs=None, fast: bool | None = None, r
 
     grid = GRID[stream][_mode(fast)]
     ks, ps, qs = ks or grid["ks"], ps or grid["ps"], qs or grid["qs"]
-    points = [(k, p, q, "data") for k in ks for p in ps for q in qs] + [(k, p, 0, "random") for k in ks for p in ps]
+    random_ks = grid["random_ks"] if random_ks is None else random_ks
+    points = [(k, p, q, "data") for k in ks for p in ps for q in qs] + [(k, p, 0, "random") for k in random_ks for p in ps]
     rows = []
     for k, p, q, basis in tqdm(points, desc=f"Share sweep ({stream})", disable=not progress):
         kw = {"k": k, "p": p, "q": q} if basis == "data" else {"k": k, "p": p, "basis": "random"}
