@@ -509,16 +509,18 @@ def export_peft(base_model: nn.Module, factors: dict[str, tuple[torch.Tensor, to
 
 # ---------------------------------------------------------------- experiments: both streams, cached runs, sweeps
 
-# Stream sizes per mode (fast: tests and classrooms; full: the notebook's real numbers).
+# Stream sizes per mode (fast: tests and classrooms; full: the notebook's real numbers). Text uses
+# notebook 04's recipe (baselines.RECIPES); digits trains 20 epochs per task for every method.
 SETTINGS = {
-    "digits": {"full": {"n_tasks": 10, "epochs": 20}, "fast": {"n_tasks": 10, "epochs": 8}},
-    "text": {"full": {"n_tasks": 8, "n_train": 128, "n_test": 64, "epochs": 6},
-             "fast": {"n_tasks": 3, "n_train": 64, "n_test": 48, "epochs": 5}},
+    "digits": {"full": {"n_tasks": 10, "epochs": 20}, "fast": {"n_tasks": 10, "epochs": 20}},
+    "text": {"full": {"n_tasks": 8, "n_train": 64, "n_test": 48, "epochs": 3},
+             "fast": {"n_tasks": 3, "n_train": 64, "n_test": 32, "epochs": 2}},
 }
-# Share's default per stream, and the LoRA baselines' (same epochs and data as Share).
+# Share's default per stream, and the LoRA baselines' (same epochs, batches and data as Share).
 SHARE_DEFAULTS = {"digits": {"k": 24, "p": 2, "n_init": 4, "lr": 3e-2},
-                  "text": {"k": 16, "p": 4, "n_init": 1, "lr": 1e-2}}
-LORA_DEFAULTS = {"r": 8, "alpha": 16, "lr": 1e-2}
+                  "text": {"k": 16, "p": 4, "n_init": 1, "lr": 3e-2, "batch_size": 16}}
+LORA_DEFAULTS = {"digits": {"r": 8, "alpha": 16, "lr": 1e-2, "batch_size": 64},
+                 "text": {"r": 8, "alpha": 16, "lr": 2e-3, "head_lr": 1e-2, "batch_size": 16}}
 BASELINES = ("per_task_lora", "sequential_lora", "joint_lora")
 # The sweep grid per stream and mode: every (k, p, q) is one full run over the stream; the
 # random-basis control runs at every (k, p) with k in random_ks.
@@ -564,7 +566,7 @@ def make_method(stream: str, method: str = "share", *, fast: bool | None = None,
                "joint_lora": baselines.JointLoRA}
     if method not in classes:
         raise ValueError(f"unknown method {method!r}: use 'share' or one of {BASELINES}")
-    return classes[method](backbone, **{**LORA_DEFAULTS, "epochs": s["epochs"], **kw})
+    return classes[method](backbone, **{**LORA_DEFAULTS[stream], "epochs": s["epochs"], **kw})
 
 
 def run(stream: str, method: str = "share", *, fast: bool | None = None, rebuild: bool = False,
