@@ -96,7 +96,7 @@ def _build(name: str, kind: str, description: str, make: Callable[[random.Random
     """
     rng = random.Random(f"{name}:{seed}")
     seen, examples = set(), []
-    for i in range(50 * (n_train + n_test)):
+    for _ in range(50 * (n_train + n_test)):
         if len(examples) == n_train + n_test:
             break
         x, y = make(rng, labels[len(examples) % len(labels)])
