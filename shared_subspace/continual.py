@@ -269,3 +269,46 @@ def run_stream(method: Method, stream: Sequence, *, checkpoint_dir=None, progres
     finally:
         _PROGRESS.reset(token)
     return result()
+
+
+# ---------------------------------------------------------------- command line
+
+def _cli(args) -> int:
+    from shared_subspace import baselines, runtime, streams
+
+    threads = runtime.set_threads(args.threads)
+    fast = args.fast or runtime.fast_mode()
+    r = baselines.recipe(args.stream, fast)
+    if args.stream == "digits":
+        mlp, stream = streams.digits_stream(args.n_tasks or r["n_tasks"], seed=args.seed)
+        backbone = baselines.DigitsBackbone(mlp)
+    else:
+        stream = streams.text_stream(args.n_tasks or r["n_tasks"], seed=args.seed, **r["sizes"])
+        backbone = baselines.TextBackbone()
+    method = baselines.make_method(args.method, backbone, fast=fast, seed=args.seed)
+    res = run_stream(method, stream, checkpoint_dir=args.checkpoint_dir, progress=True,
+                     forward_transfer=args.stream == "digits", measure_base=args.stream == "digits")
+    m = res.metrics()
+    print(f"{res.method} on {args.stream} ({res.T} tasks): ACC {m['ACC']:.3f}  BWT {m['BWT']:+.3f}  "
+          f"stored per task {res.storage['per_task']:.0f}, total {res.storage['total']}  "
+          f"wall {res.wall_time:.1f} s with {threads} torch thread(s)")
+    if args.out:
+        print("results:", res.save(args.out))
+    return 0
+
+
+def _cli_arguments(p) -> None:
+    p.add_argument("--stream", choices=["digits", "text"], default="digits")
+    p.add_argument("--method", default="sequential", help="sequential, per_task, joint, frozen, linear_head")
+    p.add_argument("--n-tasks", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-dir", default=None, help="checkpoint after each task here; resume from it")
+    p.add_argument("--out", default=None, help="write the StreamResult JSON here")
+    p.add_argument("--fast", action="store_true")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: runtime.set_threads())")
+
+
+_cli.add_arguments = _cli_arguments
+from shared_subspace.cli import command  # noqa: E402
+
+command("continual", "run a baseline over the digits or text stream with checkpoints; prints ACC, BWT, storage")(_cli)
