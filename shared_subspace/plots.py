@@ -161,7 +161,7 @@ def projection_vs_k(ks, rel_error: dict, loss: dict, *, labels=None, k=None, k_s
     axes[1].yaxis.set_major_formatter(mticker.FormatStrFormatter("%g"))
     axes[1].yaxis.set_minor_formatter(mticker.NullFormatter())
     axes[0].set_ylim(0, 1.05)
-    axes[1].legend(fontsize="small", loc="center right")  # a fixed place: "best" is slow to find
+    axes[1].legend(fontsize="small", loc="center right", frameon=True, framealpha=0.9)  # fixed: "best" is slow
     if title:
         axes[0].figure.suptitle(title)
     return axes
