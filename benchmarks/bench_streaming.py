@@ -36,13 +36,16 @@ from tqdm.auto import tqdm
 CHILD = r"""
 import json, resource, sys, time
 args = json.loads(sys.argv[1])
+import numpy as np
 import torch
-from shared_subspace import runtime
+from safetensors import safe_open
+from shared_subspace import runtime, streaming, subspace, zoo
+if args["task"] == "sklearn":
+    from sklearn.decomposition import PCA
 runtime.set_threads(args.get("threads"))
-t0 = time.perf_counter()
+t0 = time.perf_counter()                      # imports are not timed
 out = {}
 if args["task"] == "read":
-    from safetensors import safe_open
     total = 0
     for f in args["files"]:
         with safe_open(f, framework="pt") as h:
@@ -51,13 +54,8 @@ if args["task"] == "read":
                 total += float(t.sum())   # touch every byte: get_tensor may map the file lazily
     out["checksum"] = total
 elif args["task"] == "extract":
-    from shared_subspace import streaming
     streaming.extract_to_dir(args["files"], args["k"], args["out"], memory_mb=args["memory_mb"], progress=False)
 elif args["task"] == "sklearn":
-    import numpy as np
-    from safetensors import safe_open
-    from sklearn.decomposition import PCA
-    from shared_subspace import streaming, zoo, subspace
     files = args["files"]
     groups = zoo.layer_groups(safe_open(files[0], framework="pt").keys())
     for layer, names in groups.items():
@@ -69,6 +67,7 @@ elif args["task"] == "sklearn":
         pca = PCA(n_components=args["k"], svd_solver="full").fit(X)
         del X
         np.save(f"{args['out']}/{layer}.npy", pca.components_)
+        np.save(f"{args['out']}/{layer}.svals.npy", pca.singular_values_)
     out["fit_s"] = time.perf_counter() - t0
 elif args["task"] == "gemm":
     # the compute floor: the pass-1 products X_c X_c^T alone, on one in-memory chunk, scaled to all of D
@@ -115,18 +114,31 @@ def write_files(folder: Path, n_files: int, params: int, n_layers: int, rank: in
     return files
 
 
-def compare_sklearn(stream_dir: Path, sk_dir: Path) -> float:
-    """Largest 2-norm difference between matching components (sign aligned)."""
+def compare_sklearn(stream_dir: Path, sk_dir: Path, n_planted: int) -> dict:
+    """Streaming vs sklearn on the same files: the largest relative difference of the top-k singular
+    values, and the largest 2-norm difference (sign aligned) of the planted components. Components
+    past the planted rank span near-degenerate noise eigenvalues, where any two solvers may rotate
+    them differently; the subspace they span is compared by its largest principal angle instead."""
     import numpy as np
-    from shared_subspace.subspace import load_basis
+    from shared_subspace.subspace import load_basis, principal_angles
 
-    worst = 0.0
-    for path in sorted(sk_dir.glob("*.npy")):
-        ref = torch.from_numpy(np.load(path)).double()
-        got = load_basis(stream_dir / f"{path.stem}.safetensors").components.double()
-        sign = torch.sign((ref * got).sum(1))
-        worst = max(worst, float((ref - sign[:, None] * got).norm(dim=1).max()))
-    return worst
+    out = dict(sv_rel=0.0, planted_component=0.0, noise_subspace_angle_deg=0.0)
+    for path in sorted(sk_dir.glob("*.svals.npy")):
+        layer = path.name[: -len(".svals.npy")]
+        ref_v = torch.from_numpy(np.load(sk_dir / f"{layer}.npy")).double()
+        ref_s = torch.from_numpy(np.load(path)).double()
+        got = load_basis(stream_dir / f"{layer}.safetensors")
+        k = ref_v.shape[0]
+        s = got.singular_values.double()[:k]
+        out["sv_rel"] = max(out["sv_rel"], float(((s - ref_s) / ref_s[0]).abs().max()))
+        v = got.components.double()
+        sign = torch.sign((ref_v * v).sum(1))
+        p = min(n_planted, k)
+        out["planted_component"] = max(out["planted_component"],
+                                       float((ref_v[:p] - sign[:p, None] * v[:p]).norm(dim=1).max()))
+        out["noise_subspace_angle_deg"] = max(out["noise_subspace_angle_deg"],
+                                              float(torch.rad2deg(principal_angles(ref_v, v).max())))
+    return out
 
 
 def main(argv=None) -> int:
@@ -183,7 +195,7 @@ def main(argv=None) -> int:
         results["extract_subset"] = child("extract", files=sk_files, k=min(args.k, n_sk - 1),
                                           out=str(root / "bases_subset"), memory_mb=args.memory_mb, **common)
         print("extract subset", results["extract_subset"])
-        results["max_component_diff_vs_sklearn"] = compare_sklearn(root / "bases_subset", root / "sk")
+        results["vs_sklearn"] = compare_sklearn(root / "bases_subset", root / "sk", args.rank)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -200,7 +212,7 @@ def main(argv=None) -> int:
     print(f"sklearn PCA on {sk['n_files']} files: {sk['wall_s']:.1f} s, peak RSS {sk['peak_rss_mb']:.0f} MB; "
           f"streaming on the same files {results['extract_subset']['wall_s']:.1f} s, "
           f"peak RSS {results['extract_subset']['peak_rss_mb']:.0f} MB; "
-          f"max component difference {results['max_component_diff_vs_sklearn']:.1e}")
+          f"vs sklearn: {results['vs_sklearn']}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0
