@@ -22,7 +22,7 @@ def main() -> int:
               flush=True)
         if rc:
             failed.append(script.name)
-    print(f"\n{len(scripts) - len(failed)}/{len(scripts)} benchmarks ran" + (f"; failed: {failed}" if failed else ""))
+    print(f"\n{len(scripts) - len(failed)}/{len(scripts)} benchmarks succeeded" + (f"; failed: {failed}" if failed else ""))
     return len(failed)
 
 
