@@ -26,6 +26,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
@@ -312,8 +313,6 @@ def accuracy_vs_k(entries: list[dict], states: list[dict], bases: dict, ks, hows
                   layers=None, seed: int = 0) -> dict:
     """{how: (len(ks),) mean test accuracy of the models after replacing `layers` (default all)
     by each reconstruction at each k}, plus "full": the models as trained."""
-    import numpy as np
-
     layers = list(layers or bases)
     tasks = [member_task(e) for e in entries]
     out = {"full": np.full(len(ks), np.mean([evaluate(s, t) for s, t in zip(states, tasks)]))}

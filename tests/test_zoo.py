@@ -92,3 +92,22 @@ def test_cli_builds_random_zoo(tmp_path, capsys):
     assert "zoo" in cli.COMMANDS and cli.COMMANDS["zoo"][2].builds_cache
     # an untrained zoo is at chance level
     assert sum(m["accuracy"] for m in manifest["members"]) / len(manifest["members"]) < 0.3
+
+
+def test_projection_controls(tiny_zoo):
+    entries, states = zoo.load_members(tiny_zoo, "fit")
+    bases = zoo.fit_layer_bases(states)
+    n = len(states)
+    x = zoo.stack_layer(states[:1], "fc2")
+    b = bases["fc2"]
+    # the full centered basis reproduces a fit model; the mean-only control returns the zoo mean
+    assert torch.allclose(zoo.layer_projector(b, n - 1, "basis")(x), x, atol=1e-5)
+    assert torch.allclose(zoo.layer_projector(b, 1, "mean_only")(x)[0], b.mean)
+    assert torch.allclose(zoo.layer_projector(b, 2, "basis_only")(x), (x @ b.components[:2].T) @ b.components[:2])
+    r = zoo.layer_projector(b, 2, "random", seed=1)(x)
+    assert not torch.allclose(r, zoo.layer_projector(b, 2, "basis")(x), atol=1e-3)
+    with pytest.raises(ValueError, match="unknown reconstruction 'median'"):
+        zoo.layer_projector(b, 2, "median")
+    curves = zoo.accuracy_vs_k(entries, states, bases, [1, n - 1], hows=("basis", "mean_only"))
+    assert curves["basis"][1] == pytest.approx(curves["full"][1], abs=1e-6)   # in-sample, full rank: exact
+    assert curves["mean_only"][0] == curves["mean_only"][1]                   # the mean does not depend on k
