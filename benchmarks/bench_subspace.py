@@ -8,8 +8,9 @@
    Median seconds per move (target < 0.5 s).
 2. Gram route vs full SVD: fit_basis(X, k, method="gram") vs method="full" on an N x D float32
    stack of Gaussian noise. Each method runs in its own subprocess, so its peak resident memory
-   (resource.getrusage ru_maxrss, which sees torch/LAPACK allocations that tracemalloc misses) is
-   its own. Reported: wall time of the fit, peak RSS, RSS above the stack itself, and ratios.
+   (VmHWM from /proc/self/status, or ru_maxrss elsewhere; both see the torch/LAPACK allocations
+   that tracemalloc misses) is its own. Reported: wall and CPU time of the fit, peak RSS, RSS
+   above the stack itself, and the ratios full / gram.
    A full SVD that runs past --timeout seconds is reported as such and both routes are re-measured
    at a smaller D.
 """
@@ -82,7 +83,10 @@ def _child(method: str, n: int, d: int, k: int) -> None:
     t0, c0 = time.perf_counter(), time.process_time()
     basis = subspace.fit_basis(X, k=k, method=method)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    try:  # this process's own high-water mark (ru_maxrss can carry the parent's RSS over fork + exec)
+        peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")) * 1024
+    except OSError:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
     print(json.dumps({"method": method, "n": n, "d": d, "seconds": seconds, "cpu_s": cpu, "peak_rss": peak,
                       "base_rss": base, "threads": threads, "svals": basis.singular_values[:5].tolist()}))
 
