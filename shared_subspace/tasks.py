@@ -504,11 +504,16 @@ def default_stream(kind: str = "classification", seed: int = 0, n_train: int | N
 
 def suite_report(kind: str = "classification", seed: int = 0, *, model: str | None = None,
                  rebuild: bool = False) -> list[dict]:
-    """One row per task of a suite: name, description, base score, and whether default_stream keeps it."""
+    """One row per task of a suite: name, description, base score, chance level, and whether default_stream keeps it.
+
+    base: frozen encoder + trained linear head (classification) or the base LM's exact match (generation);
+    chance: 1 / number of labels for classification (what the encoder with an untrained head scores), else 0.
+    """
     tasks = (classification_tasks if kind == "classification" else generation_tasks)(seed)
     threshold = PROBE_THRESHOLD if kind == "classification" else BASE_THRESHOLD
     scores = base_scores(tasks, model, rebuild=rebuild)
     return [{"task": t.name, "description": t.description, "base": round(scores[t.name], 3),
+             "chance": round(1 / len(t.labels), 3) if t.labels else 0.0,
              "in_default_stream": scores[t.name] <= threshold} for t in tasks]
 
 
@@ -519,7 +524,7 @@ def _cli(args) -> int:
         print(f"== {kind} tasks ({base})")
         for row in suite_report(kind, rebuild=getattr(args, "rebuild", False)):
             keep = "stream" if row["in_default_stream"] else "solved"
-            print(f"{row['task']:>18}  {row['base']:.3f}  {keep:6}  {row['description']}")
+            print(f"{row['task']:>18}  {row['base']:.3f} (chance {row['chance']:.2f})  {keep:6}  {row['description']}")
     return 0
 
 
