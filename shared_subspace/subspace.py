@@ -147,19 +147,31 @@ def _svd_full(X: torch.Tensor):
     return S, Vh
 
 
-def _svd_gram(X: torch.Tensor):
-    """Few rows, many columns: eigh of the N x N Gram matrix, then V = X^T U / s."""
-    # G in float64 over column chunks: squaring the singular values must not square the rounding.
+_CHUNK = 1 << 16  # columns per chunk in the Gram route: N x 65536 float64 at a time
+
+
+def _gram_spectrum(X: torch.Tensor, mean: torch.Tensor):
+    """Few rows, many columns: singular values and left vectors from eigh of G = Xc Xc^T (N x N).
+
+    G is accumulated in float64 over column chunks (squaring the singular values must not square
+    the rounding), centering each chunk on the fly: no centered copy of the stack is made.
+    """
     G = torch.zeros(X.shape[0], X.shape[0], dtype=torch.float64)
-    for start in range(0, X.shape[1], 1 << 16):
-        chunk = X[:, start:start + (1 << 16)].double()
+    for start in range(0, X.shape[1], _CHUNK):
+        chunk = X[:, start:start + _CHUNK].double() - mean[start:start + _CHUNK].double()
         G += chunk @ chunk.T
     evals, U = torch.linalg.eigh(G)
-    evals, U = evals.flip(0).clamp_min(0), U.flip(1)
-    S = evals.sqrt()
-    keep = S > S[0] * max(X.shape) * torch.finfo(X.dtype).eps if S.numel() else S > 0
-    Vh = (U[:, keep].T.to(X.dtype) @ X) / S[keep, None].to(X.dtype)
-    return S.to(X.dtype), Vh
+    return evals.flip(0).clamp_min(0).sqrt(), U.flip(1)
+
+
+def _gram_components(X: torch.Tensor, mean: torch.Tensor, U: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
+    """Top directions V^T = U^T Xc / s, one column chunk at a time (only k x D is allocated)."""
+    W = (U / S).T.to(X.dtype)
+    Vh = torch.empty(W.shape[0], X.shape[1], dtype=X.dtype)
+    for start in range(0, X.shape[1], _CHUNK):
+        cols = slice(start, start + _CHUNK)
+        Vh[:, cols] = W @ (X[:, cols] - mean[cols])
+    return Vh
 
 
 def _svd_randomized(X: torch.Tensor, k: int, seed: int = 0):
@@ -197,26 +209,29 @@ def fit_basis(X, k: int | None = None, *, energy: float | None = None, center: b
     if center and N < 2:
         raise SubspaceError("a centered fit needs at least 2 rows: one model has no variance around its mean")
     mean = X.mean(0) if center else torch.zeros(D, dtype=X.dtype)
-    Xc = X - mean if center else X
     max_rank = min(N - 1 if center else N, D)
     if k is not None:
         _check_k(k, max_rank, f"{'a centered' if center else 'an'} {N} x {D} stack has at most")
     if method == "auto":
         method = _auto_method(N, D, k)
-    if method == "randomized":
-        if k is None:
-            raise SubspaceError("the randomized method needs k: it computes only the top directions")
-        S, Vh = _svd_randomized(Xc, k, seed)
+    if method == "randomized" and k is None:
+        raise SubspaceError("the randomized method needs k: it computes only the top directions")
+    if method == "gram":
+        S, U = _gram_spectrum(X, mean)
+        Vh = None
     else:
-        S, Vh = _svd_gram(Xc) if method == "gram" else _svd_full(Xc)
-    S = S[:max_rank]  # a centered stack has at most N - 1 nonzero singular values
-    rank = min(numerical_rank(S, (N, D)), Vh.shape[0])
+        Xc = X - mean if center else X
+        S, Vh = _svd_randomized(Xc, k, seed) if method == "randomized" else _svd_full(Xc)
+        del Xc
+    S = S[:max_rank].to(X.dtype)  # a centered stack has at most N - 1 nonzero singular values
+    rank = numerical_rank(S, (N, D)) if Vh is None else min(numerical_rank(S, (N, D)), Vh.shape[0])
     if k is None:
         k = choose_k(S, energy) if energy is not None else max(rank, 1)
     if k > rank:
         raise SubspaceError(f"k={k} is larger than the rank: the {'centered ' if center else ''}stack "
                             f"({N} x {D}) has numerical rank {rank}")
-    return Basis(Vh[:k].contiguous(), mean, S, center, method)
+    components = _gram_components(X, mean, U[:, :k], S[:k].double()) if Vh is None else Vh[:k].contiguous()
+    return Basis(components, mean, S, center, method)
 
 
 # ---------------------------------------------------------------- using a basis
