@@ -203,7 +203,8 @@ def attach_basis_factors(peft_model: nn.Module, bases: dict[str, tuple[torch.Ten
         if alpha.shape[0] != layer.in_features or beta.shape[0] != layer.out_features:
             raise ValueError(f"{name}: bases {tuple(alpha.shape)}, {tuple(beta.shape)} do not fit "
                              f"a {layer.in_features} -> {layer.out_features} layer")
-        fA, fB = BasisFactor(alpha, p, q, side="A"), BasisFactor(beta, p, q, side="B")
+        device = layer.get_base_layer().weight.device
+        fA, fB = BasisFactor(alpha, p, q, side="A").to(device), BasisFactor(beta, p, q, side="B").to(device)
         layer.lora_A[adapter], layer.lora_B[adapter] = fA, fB
         layer.scaling[adapter] = 1.0
         out[name] = (fA, fB)
@@ -439,7 +440,8 @@ class Share:
         if self.backbone.shared_head:
             return None
         torch.manual_seed(self.cfg.seed * 100003 + task_id)
-        return nn.Linear(self.backbone.feature_dim, self.backbone.n_classes(task))
+        device = next(self.model.parameters()).device
+        return nn.Linear(self.backbone.feature_dim, self.backbone.n_classes(task)).to(device)
 
     def _fit(self, task_id: int, task, groups, head) -> None:
         from .continual import step_bar
