@@ -147,7 +147,7 @@ def _svd_full(X: torch.Tensor):
     return S, Vh
 
 
-_CHUNK = 1 << 16  # columns per chunk in the Gram route: N x 65536 float64 at a time
+_CHUNK = 1 << 13  # columns per chunk in the Gram route: N x 8192 float64 at a time
 
 
 def _gram_spectrum(X: torch.Tensor, mean: torch.Tensor):
@@ -158,8 +158,9 @@ def _gram_spectrum(X: torch.Tensor, mean: torch.Tensor):
     """
     G = torch.zeros(X.shape[0], X.shape[0], dtype=torch.float64)
     for start in range(0, X.shape[1], _CHUNK):
-        chunk = X[:, start:start + _CHUNK].double() - mean[start:start + _CHUNK].double()
-        G += chunk @ chunk.T
+        chunk = X[:, start:start + _CHUNK].to(torch.float64, copy=True)
+        chunk -= mean[start:start + _CHUNK]
+        G.addmm_(chunk, chunk.T)
     evals, U = torch.linalg.eigh(G)
     return evals.flip(0).clamp_min(0).sqrt(), U.flip(1)
 
