@@ -8,7 +8,7 @@ before training on it (forward transfer). `base[j]` is the score of the untraine
     BWT  = 1/(T-1) sum_{j<T-1} (R[T-1, j] - R[j, j])             (Lopez-Paz & Ranzato 2017)
     FWT  = 1/(T-1) sum_{j>0} (R[j-1, j] - base[j])               (Lopez-Paz & Ranzato 2017)
     forgetting, Avalanche: f_j = R[j, j] - R[T-1, j]             (right after training - latest)
-    forgetting, Mammoth:   f_j = max_{l<T-1} R[l, j] - R[T-1, j] (best past score - latest; Chaudhry et al. 2018)
+    forgetting, Mammoth:   f_j = max_{j<=l<=T-1} R[l, j] - R[T-1, j] (best score ever - latest; >= 0)
 """
 from __future__ import annotations
 
@@ -74,14 +74,15 @@ def forgetting_avalanche(R) -> np.ndarray:
 
 
 def forgetting_mammoth(R) -> np.ndarray:
-    """Per-task forgetting as in Mammoth (Chaudhry et al. 2018): f_j = max_{j<=l<T-1} R[l, j] - R[T-1, j].
+    """Per-task forgetting as in Mammoth's `forgetting`: f_j = max_{j<=l<=T-1} R[l, j] - R[T-1, j].
 
-    Best score task j ever had before the last task, minus its latest score. Returns T-1 values,
-    each >= the Avalanche value (the max includes R[j, j]) and >= 0 only if no score rose at the end.
+    Best score task j ever had since it was trained (Mammoth's max runs over every row, the last
+    included), minus its latest score. Returns T-1 values, each >= 0 and >= the Avalanche value.
+    Chaudhry et al. (2018) take the max over l < T-1 only; the two differ only when the last score is the best.
     """
     R = as_matrix(R)
     T = len(R)
-    return np.array([R[j:T - 1, j].max() - R[-1, j] for j in range(T - 1)])
+    return np.array([R[j:, j].max() - R[-1, j] for j in range(T - 1)])
 
 
 def summary(R, base=None) -> dict:

@@ -34,6 +34,13 @@ def test_forgetting_avalanche_vs_mammoth_differ_when_score_peaks_later():
     assert metrics.bwt(R2) == pytest.approx(-metrics.forgetting_avalanche(R2).mean())
 
 
+def test_mammoth_never_negative_avalanche_can_be():
+    # task 0 improves after later tasks: Avalanche reports negative forgetting, Mammoth clips at 0
+    R5 = np.array([[0.6, NAN, NAN], [0.5, 0.9, NAN], [0.8, 0.7, 0.9]])
+    np.testing.assert_allclose(metrics.forgetting_avalanche(R5), [-0.2, 0.2])
+    np.testing.assert_allclose(metrics.forgetting_mammoth(R5), [0.0, 0.2])
+
+
 def test_no_forgetting_matrix():
     R3 = np.tril(np.full((4, 4), 0.8))
     assert metrics.bwt(R3) == 0.0 and metrics.acc(R3) == pytest.approx(0.8)
