@@ -210,6 +210,7 @@ def accuracy_heatmap(R, names, *, ax=None, title=None, vmin=0.0, vmax=1.0, annot
                     annot=annot and T <= 12, fmt=".2f", annot_kws={"size": 6, "color": "0.4"}, cbar=False,
                     square=True, xticklabels=names, yticklabels=names)
     ax.set(xlabel="scored on task j", ylabel="after training task i", title=title)
+    ax.grid(False)
     ax.tick_params(axis="x", rotation=60, labelsize=7)
     ax.tick_params(axis="y", rotation=0, labelsize=7)
     return ax
@@ -259,7 +260,7 @@ def interference_curves(steps, cosines: dict, scores: dict, names=None, *, axes=
                 title="earlier tasks drift")
     axes[1].legend(fontsize=7, ncol=2)
     if title:
-        axes[0].figure.suptitle(title)
+        axes[0].figure.suptitle(title, y=1.03)
     return axes
 
 
