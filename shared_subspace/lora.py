@@ -91,16 +91,24 @@ class LoraSettings:
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
-# The zoos the notebook uses, one place so the CLI can pre-build exactly them.
-PRESETS = {
-    ("minilm", True): LoraSettings(r=4, alpha=8, steps=30, lr=5e-3, batch_size=16, max_length=32,
-                                   n_train=96, n_test=48),
-    ("minilm", False): LoraSettings(r=8, alpha=16, steps=80, lr=3e-3, batch_size=16, max_length=48,
-                                    n_train=192, n_test=96),
+# The zoos notebook 03 uses, in one place so that `shared-subspace lora-zoo` pre-builds exactly them.
+PRESETS = {  # (model, fast) -> settings
+    ("minilm", True): LoraSettings(r=4, alpha=8, steps=16, lr=1e-2, batch_size=8, max_length=24,
+                                   n_train=96, n_test=32),
+    ("minilm", False): LoraSettings(r=8, alpha=16, steps=30, lr=7e-3, batch_size=8, max_length=32,
+                                    n_train=160, n_test=64),
     ("smollm2", True): LoraSettings(r=8, alpha=16, target_modules=("q_proj", "v_proj"), steps=20, lr=3e-3,
                                     batch_size=8, max_length=64, bf16=True, n_train=64, n_test=24),
     ("smollm2", False): LoraSettings(r=8, alpha=16, target_modules=("q_proj", "v_proj"), steps=80, lr=3e-3,
                                      batch_size=8, max_length=64, bf16=True, n_train=160, n_test=48),
+}
+ZOO_TASKS = {  # (model, fast) -> task names (None: the whole suite); fast mode keeps tasks that 16 steps learn
+    ("minilm", True): ("topic", "question", "negation", "formality", "emotion", "sentiment"),
+    ("minilm", False): None, ("smollm2", True): None, ("smollm2", False): None,
+}
+ZOO_SEEDS = {  # (model, fast) -> seeds of the shared-init zoo and of the own-init zoo
+    ("minilm", True): ((0, 1), (0,)), ("minilm", False): ((0, 1), (0,)),
+    ("smollm2", True): ((0,), (0,)), ("smollm2", False): ((0,), (0,)),
 }
 MODEL_NAMES = {"minilm": "bundled:minilm", "smollm2": "bundled:smollm2"}
 
@@ -178,11 +186,12 @@ def _training_tensors(tokenizer, task, settings):
 
 
 def train_adapter(model, tokenizer, task, settings: LoraSettings, *, seed: int = 0,
-                  base_name: str | None = None, progress: bool = False):
+                  base_name: str | None = None, progress: bool = False, on_step=None):
     """Wrap `model` with a fresh LoRA adapter and train it on `task` (loss only on target tokens).
 
     Returns (peft_model, losses). The A initialisation is drawn with torch seeded by
     settings.init_seed (shared_init) or a seed derived from (task name, seed); batches by `seed`.
+    on_step(step, peft_model) is called after each step (1-based); returning True stops training.
     """
     from peft import get_peft_model
     from tqdm.auto import tqdm
@@ -219,6 +228,12 @@ def train_adapter(model, tokenizer, task, settings: LoraSettings, *, seed: int =
         opt.step()
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
+        if on_step is not None:
+            peft_model.eval()
+            stop = on_step(step + 1, peft_model)
+            peft_model.train()
+            if stop:
+                break
     peft_model.eval()
     return peft_model, losses
 
@@ -709,35 +724,48 @@ def _by_task(adapters: Sequence[AdapterFactors]) -> dict[str, list[AdapterFactor
 
 
 def heldout_scores(model, tokenizer, adapters: Sequence[AdapterFactors], tasks: Sequence, *, ks: Sequence[int],
-                   levels: Sequence[str] = ("factors", "delta_W"), heldout: Sequence[str] | None = None,
-                   progress: bool = True, **score_kwargs) -> list[dict]:
-    """Leave one task out: fit the bases on the other tasks' adapters, then score each adapter of the
-    held-out task rebuilt through them. One row per (adapter, level, control, k):
+                   heldout: Sequence[str] | None = None, hold_out: str | Sequence[str] = "task",
+                   levels: Sequence[str] = ("factors", "delta_W"), progress: bool = True,
+                   **score_kwargs) -> list[dict]:
+    """Score held-out adapters rebuilt through bases fitted without them. One row per
+    (adapter, hold_out, level, control, k); every variant keeps the held-out adapter's own head.
 
-        control "original"  the adapter itself;  "none"  no delta_W (the task's head alone)
-                "basis" / "basis_only" at each k;  "mean_only" (k = 0)
-    Every variant keeps the held-out adapter's own head. k is capped at each basis's size.
+    hold_out  "task"     the basis never saw the task (all of its adapters are left out)
+              "adapter"  only this adapter is left out (other seeds of its task stay in)
+              "none"     nothing is left out: the in-sample view (full k rebuilds the adapter exactly)
+              (a list runs several; "original" and "none" rows come once, with hold_out "-")
+    control   "original" the adapter itself;  "none" no delta_W (the head alone);
+              "basis" / "basis_only" at each k (capped at the basis size);  "mean_only" (k = 0)
+    heldout   names of the adapters to hold out (default: all)
     """
     from tqdm.auto import tqdm
 
+    views = [hold_out] if isinstance(hold_out, str) else list(hold_out)
+    bad = [v for v in views if v not in ("task", "adapter", "none")]
+    if bad:
+        raise LoraError(f"hold_out must be 'task', 'adapter' or 'none', got {bad[0]!r}")
     by_name = {t.name: t for t in tasks}
-    groups = _by_task(adapters)
-    names = list(heldout) if heldout is not None else sorted(groups)
+    _by_task(adapters)
+    chosen = [a for a in adapters if heldout is None or a.name in heldout]
     rows = []
-    for t in tqdm(names, desc="held-out tasks", disable=not progress):
-        task, rest = by_name[t], [a for a in adapters if a.task != t]
-        bases = {level: fit_zoo_basis(rest, level=level) for level in levels}
-        for a in groups[t]:
-            def add(level, control, k, deltas):
-                rows.append({"task": t, "adapter": a.name, "level": level, "control": control, "k": k,
-                             "score": score_deltas(model, tokenizer, task, deltas, a.extra, **score_kwargs)})
-            add("-", "original", None, a.deltas())
-            add("-", "none", 0, None)
-            for level, zb in bases.items():
-                add(level, "mean_only", 0, reconstruct(zb, a, control="mean_only"))
+    for a in tqdm(chosen, desc="held-out adapters", disable=not progress):
+        task = by_name[a.task]
+
+        def add(view, level, control, k, deltas):
+            rows.append({"task": a.task, "adapter": a.name, "hold_out": view, "level": level, "control": control,
+                         "k": k, "score": score_deltas(model, tokenizer, task, deltas, a.extra, **score_kwargs)})
+        add("-", "-", "original", None, a.deltas())
+        add("-", "-", "none", 0, None)
+        for view in views:
+            rest = {"task": [b for b in adapters if b.task != a.task], "none": list(adapters),
+                    "adapter": [b for b in adapters if b is not a]}[view]
+            for level in levels:
+                zb = fit_zoo_basis(rest, level=level)
+                add(view, level, "mean_only", 0, reconstruct(zb, a, control="mean_only"))
+                top = min(max(ks), zb.k)
                 for k in sorted({min(k, zb.k) for k in ks}):
-                    for control in ("basis", "basis_only"):
-                        add(level, control, k, reconstruct(zb, a, k, control))
+                    add(view, level, "basis", k, reconstruct(zb, a, k, "basis"))
+                add(view, level, "basis_only", top, reconstruct(zb, a, top, "basis_only"))
     return rows
 
 
@@ -870,26 +898,28 @@ def load_zoo(entries: Sequence[ZooEntry]) -> list[AdapterFactors]:
     return adapters
 
 
-def tasks_for(model: str, settings: LoraSettings, seed: int = 0):
-    """The task suite of a bundled model: generation tasks for "smollm2", classification for "minilm"."""
+def tasks_for(model: str = "minilm", fast: bool | None = None, seed: int = 0):
+    """The tasks of a bundled model's zoo: classification for "minilm", generation for "smollm2"."""
     from . import tasks
 
-    if model == "smollm2":
-        return tasks.generation_tasks(seed=seed, n_train=settings.n_train, n_test=settings.n_test)
-    return tasks.classification_tasks(seed=seed, n_train=settings.n_train, n_test=settings.n_test)
+    fast = runtime.fast_mode() if fast is None else fast
+    settings = preset(model, fast)
+    make = tasks.generation_tasks if model == "smollm2" else tasks.classification_tasks
+    suite = make(seed=seed, n_train=settings.n_train, n_test=settings.n_test)
+    names = ZOO_TASKS[(model, fast)]
+    return suite if names is None else [t for t in suite if t.name in names]
 
 
-def notebook_zoos(fast: bool | None = None, *, rebuild: bool = False, progress: bool = True,
-                  model: str = "minilm") -> dict[str, list[ZooEntry]]:
-    """The zoos notebook 03 uses: "shared" (one A init, 2 seeds per task) and "own" (own A inits)."""
+def notebook_zoos(model: str = "minilm", fast: bool | None = None, *, rebuild: bool = False,
+                  progress: bool = True) -> dict[str, list[ZooEntry]]:
+    """The two zoos of notebook 03: "shared" (every A from one init) and "own" (each A its own init)."""
     fast = runtime.fast_mode() if fast is None else fast
     shared = preset(model, fast)
-    own = replace(shared, shared_init=False)
-    tasks_ = tasks_for(model, shared)
-    name = MODEL_NAMES[model]
-    return {"shared": build_zoo(name, tasks_, shared, seeds=(0, 1), rebuild=rebuild, progress=progress),
-            "own": build_zoo(name, tasks_, own, seeds=(0, 1) if not fast else (0,), rebuild=rebuild,
-                             progress=progress)}
+    seeds_shared, seeds_own = ZOO_SEEDS[(model, fast)]
+    suite, name = tasks_for(model, fast), MODEL_NAMES[model]
+    return {"shared": build_zoo(name, suite, shared, seeds=seeds_shared, rebuild=rebuild, progress=progress),
+            "own": build_zoo(name, suite, replace(shared, shared_init=False), seeds=seeds_own,
+                             rebuild=rebuild, progress=progress)}
 
 
 @command("lora-zoo", "train (or load from the cache) the LoRA adapter zoos of notebook 03")
@@ -898,8 +928,8 @@ def _cli(args) -> int:
     models_ = ["minilm", "smollm2"] if getattr(args, "model", None) == "all" else \
         [getattr(args, "model", None) or "minilm"]
     for model in models_:
-        zoos = notebook_zoos(fast=bool(getattr(args, "fast", False)), rebuild=bool(getattr(args, "rebuild", False)),
-                             model=model)
+        zoos = notebook_zoos(model, fast=bool(getattr(args, "fast", False)),
+                             rebuild=bool(getattr(args, "rebuild", False)))
         for kind, entries in zoos.items():
             mean = sum(e.score for e in entries) / len(entries)
             print(f"{model} {kind}-init zoo: {len(entries)} adapters, mean test score {mean:.3f}, "

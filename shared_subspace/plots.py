@@ -306,3 +306,85 @@ def memory_vs_tasks(table, *, ax=None, title="what is stored as tasks accumulate
     ax.set(yscale="log", xlabel="number of tasks", ylabel=f"stored {col} (log)", title=title)
     ax.legend()
     return ax
+
+
+# ---------------------------------------------------------------- notebook 03: the LoRA adapter zoo
+
+SIDE_TITLES = {"A": "A (r x d_in)", "B": "B (d_out x r)", "delta_W": "delta_W = s B A"}
+
+
+def factor_spectra(ratios: dict, nulls: dict, *, k=None, title=None, figsize=(12.0, 3.4)):
+    """One scree panel per side ("A", "B", "delta_W"): ratios[side] beside the null band nulls[side] = (lo, hi)."""
+    fig, axes = plt.subplots(1, len(ratios), figsize=figsize, sharey=True)
+    for ax, (side, r) in zip(np.atleast_1d(axes), ratios.items()):
+        lo, hi = nulls[side]
+        scree(r, lo, hi, k=k, label="adapters", ax=ax, title=SIDE_TITLES.get(side, side))
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def spectra_compare(series: dict, null_lo=None, null_hi=None, *, ax=None, title=None, ylabel="explained variance ratio"):
+    """Several spectra (label -> ratios) on one log axis beside one grey null band."""
+    ax = _ax(ax)
+    if null_lo is not None:
+        idx = np.arange(1, len(_np(null_lo)) + 1)
+        ax.fill_between(idx, _np(null_lo), _np(null_hi), color=COLORS["null"], alpha=0.35, label="null (i.i.d. noise)")
+    palette = [COLORS["basis"], COLORS["mean_only"], COLORS["basis_only"], COLORS["heldout"]]
+    for (label, r), color in zip(series.items(), palette):
+        r = _np(r)
+        ax.plot(np.arange(1, len(r) + 1), r, "o-", ms=3, color=color, label=label)
+    ax.set(yscale="log", xlabel="direction i", ylabel=ylabel, title=title)
+    ax.legend(fontsize=8)
+    return ax
+
+
+def heldout_vs_k(ks, curves: dict, *, original=None, none=None, ax=None, title=None, k=None):
+    """Task score against k (curves: basis / mean_only / basis_only ...) with the adapter itself (black)
+    and no adapter (grey) as horizontal references."""
+    ax = curve_vs_k(ks, curves, ax=ax, title=title, k=k)
+    if original is not None:
+        ax.axhline(original, color=COLORS["full"], lw=1, label="the adapter itself")
+    if none is not None:
+        ax.axhline(none, color=COLORS["null"], lw=1, ls=":", label="no adapter (head only)")
+    ax.set(ylim=(0, 1.02))
+    ax.legend(fontsize=8)
+    return ax
+
+
+def merge_bars(means: dict, *, reference=None, floor=None, ax=None, title="one merged adapter for every task"):
+    """Mean task score per merge method (horizontal bars), with the per-task adapters (black line)
+    and no adapter (grey dotted line) as references."""
+    ax = _ax(ax)
+    names = list(means)
+    ax.barh(np.arange(len(names)), [means[n] for n in names], color=COLORS["basis"], alpha=0.8)
+    ax.set_yticks(np.arange(len(names)), [n.replace("_", " ") for n in names])
+    if reference is not None:
+        ax.axvline(reference, color=COLORS["full"], lw=1.2, label="per-task adapters")
+    if floor is not None:
+        ax.axvline(floor, color=COLORS["null"], lw=1.2, ls=":", label="no adapter (head only)")
+    ax.set(xlim=(0, 1), xlabel="mean task score", title=title)
+    ax.invert_yaxis()
+    ax.legend(fontsize=8, loc="lower right")
+    return ax
+
+
+def module_explorer(ratios: dict, nulls: dict, ks, errors: dict, *, k, module, figsize=(12.0, 3.4)):
+    """The widget's figure: spectra of one module's A, B and delta_W with a k line, and the held-out
+    relative projection error against k (errors: side -> values at ks) with a marker at k."""
+    fig, axes = plt.subplots(1, len(ratios) + 1, figsize=figsize)
+    for ax, (side, r) in zip(axes, ratios.items()):
+        scree(r, *nulls[side], k=k, label=side, ax=ax, title=f"{module}: {SIDE_TITLES.get(side, side)}")
+        ax.legend(fontsize=7)
+    ax = axes[-1]
+    palette = {"A": COLORS["mean_only"], "B": COLORS["basis_only"], "delta_W": COLORS["basis"]}
+    ks = _np(ks)
+    for side, e in errors.items():
+        ax.plot(ks, _np(e), "o-", ms=3, color=palette.get(side), label=side)
+        i = int(np.argmin(np.abs(ks - k)))
+        ax.plot(ks[i], _np(e)[i], "o", ms=8, mfc="none", color=palette.get(side))
+    ax.set(xlabel="k", ylabel="held-out relative error", ylim=(0, 1.05), title="held-out adapters")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -203,12 +203,20 @@ def test_merges(zoo, suite, tmp_path):
 def test_experiment_rows(zoo, suite):
     _, adapters = zoo
     base, tok = base_for(suite[0])
-    rows = lora.heldout_scores(base, tok, adapters, suite, ks=[1, 99], heldout=[suite[0].name], progress=False)
-    controls = {(r["level"], r["control"]) for r in rows}
-    assert {("-", "original"), ("-", "none"), ("factors", "basis"), ("delta_W", "mean_only"),
-            ("delta_W", "basis_only")} <= controls
-    assert max(r["k"] for r in rows if r["k"] is not None) == 3  # capped: 4 adapters of 2 other tasks
+    held = [a.name for a in adapters if a.task == suite[0].name]
+    rows = lora.heldout_scores(base, tok, adapters, suite, ks=[1, 99], heldout=held, hold_out=["task", "none"],
+                               progress=False)
+    controls = {(r["hold_out"], r["level"], r["control"]) for r in rows}
+    assert {("-", "-", "original"), ("-", "-", "none"), ("task", "factors", "basis"),
+            ("task", "delta_W", "mean_only"), ("none", "delta_W", "basis_only")} <= controls
+    assert max(r["k"] for r in rows if r["hold_out"] == "task") == 3  # capped: 4 adapters of 2 other tasks
+    assert max(r["k"] for r in rows if r["hold_out"] == "none") == 5  # all 6 adapters, centered
     assert all(0 <= r["score"] <= 1 for r in rows)
+    score = {(r["adapter"], r["hold_out"], r["level"], r["control"], r["k"]): r["score"] for r in rows}
+    for name in held:  # in-sample at full k is the adapter itself
+        assert score[(name, "none", "delta_W", "basis", 5)] == score[(name, "-", "-", "original", None)]
+    with pytest.raises(LoraError, match="hold_out must be"):
+        lora.heldout_scores(base, tok, adapters, suite, ks=[1], hold_out="seed")
     zb = lora.fit_zoo_basis(adapters[2:], level="factors")
     errs = lora.projection_errors(zb, adapters[:2], ks=[0, 1, 3])
     assert {r["side"] for r in errs} == {"A", "B"} and all(0 <= r["error"] <= 1 + 1e-6 for r in errs)
