@@ -49,7 +49,8 @@ __all__ = [
     "build_zoo", "ZooEntry", "AdapterFactors", "from_model", "load_adapter", "load_adapters",
     "check_compatible", "save_adapter", "without_head", "factors_from_deltas", "factor_stack", "delta_stack",
     "ZooBasis", "fit_zoo_basis", "project", "rebuild", "reconstruct", "stack_spectra", "merge",
-    "MERGE_METHODS", "applied", "score_deltas",
+    "MERGE_METHODS", "applied", "score_deltas", "short_module", "heldout_scores", "projection_errors",
+    "merge_scores", "zoo_folder", "load_zoo", "tasks_for", "notebook_zoos",
 ]
 
 ADAPTER_CONFIG, ADAPTER_WEIGHTS, META = "adapter_config.json", "adapter_model.safetensors", "zoo_meta.json"
