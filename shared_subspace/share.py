@@ -520,7 +520,7 @@ SETTINGS = {
 }
 # Share's default per stream, and the LoRA baselines' (same epochs, batches and data as Share).
 SHARE_DEFAULTS = {"digits": {"k": 24, "p": 2, "n_init": 4, "lr": 3e-2},
-                  "text": {"k": 16, "p": 4, "n_init": 1, "lr": 3e-2, "batch_size": 16}}
+                  "text": {"k": 16, "p": 4, "n_init": 1, "lr": 3e-2, "init_lr": 3e-3, "batch_size": 16}}
 LORA_DEFAULTS = {"digits": {"r": 8, "alpha": 16, "lr": 1e-2, "batch_size": 64},
                  "text": {"r": 8, "alpha": 16, "lr": 2e-3, "head_lr": 1e-2, "batch_size": 16}}
 BASELINES = ("per_task_lora", "sequential_lora", "joint_lora")
