@@ -73,7 +73,7 @@ def default_config(fast: bool | None = None) -> ZooConfig:
     """The notebook's zoo: small in fast mode (tests), larger in full mode."""
     fast = runtime.fast_mode() if fast is None else fast
     if fast:
-        return ZooConfig(seeds=3, labelmaps=2, subsets=1, independent_epochs=10)
+        return ZooConfig(seeds=3, labelmaps=2, subsets=1, independent_epochs=6)
     return ZooConfig(seeds=6, labelmaps=5, subsets=4, heldout_seeds=2)
 
 
