@@ -166,3 +166,24 @@ def test_memory_formulas_and_bytes():
         memory.storage_curve("ewc", [1], dims)
     with pytest.raises(ValueError, match="dims is empty"):
         memory.lora_params({}, 8)
+
+
+def test_text_task_exports_encoder_adapter_and_head(tmp_path):
+    """MiniLM: the exported PEFT folder + head.safetensors reproduce Share's logits for that task."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    from shared_subspace import streams
+    from shared_subspace.baselines import TextBackbone
+
+    backbone = TextBackbone(max_length=16)
+    task = streams.text_stream(1, n_train=16, n_test=8)[0]
+    share = Share(backbone, k=4, p=2, n_init=1, epochs=1, batch_size=16)
+    share.learn(0, task)
+    folder = share.export_peft(0, tmp_path / "text0")
+    head = torch.nn.Linear(backbone.feature_dim, len(task.labels))
+    head.load_state_dict(load_file(folder / "head.safetensors"))
+    encoder = PeftModel.from_pretrained(backbone.frozen_copy(), folder).eval()
+    X, _ = backbone.data(task, "test")
+    with torch.no_grad():
+        assert torch.allclose(backbone.logits(encoder, X, head), share.logits(0, X), atol=1e-4)
