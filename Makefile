@@ -32,7 +32,7 @@ browser-deps:   # Debian's headless Chromium for tests/test_browser.py (root, or
 		|| echo "chromium not installed: the browser test will be skipped"
 
 test: install browser-deps
-	SHARED_SUBSPACE_FAST=1 $(BIN)/python -m pytest --nbval-lax -p no:cacheprovider
+	SHARED_SUBSPACE_FAST=1 $(BIN)/python -m pytest --nbval-lax -p no:cacheprovider --durations=15
 
 test-fast: install
 	SHARED_SUBSPACE_FAST=1 $(BIN)/python -m pytest --nbval-lax -m "not browser"
