@@ -923,24 +923,27 @@ def notebook_zoos(model: str = "minilm", fast: bool | None = None, *, rebuild: b
                              rebuild=rebuild, progress=progress)}
 
 
-@command("lora-zoo", "train (or load from the cache) the LoRA adapter zoos of notebook 03")
 def _cli(args) -> int:
+    """shared-subspace lora-zoo [--model minilm|smollm2|all] [--fast] [--rebuild]"""
     runtime.set_threads()
-    models_ = ["minilm", "smollm2"] if getattr(args, "model", None) == "all" else \
-        [getattr(args, "model", None) or "minilm"]
-    for model in models_:
-        zoos = notebook_zoos(model, fast=bool(getattr(args, "fast", False)),
+    model = getattr(args, "model", None) or "minilm"
+    for name in (["minilm", "smollm2"] if model == "all" else [model]):
+        zoos = notebook_zoos(name, fast=bool(getattr(args, "fast", False)),
                              rebuild=bool(getattr(args, "rebuild", False)))
         for kind, entries in zoos.items():
             mean = sum(e.score for e in entries) / len(entries)
-            print(f"{model} {kind}-init zoo: {len(entries)} adapters, mean test score {mean:.3f}, "
+            print(f"{name} {kind}-init zoo: {len(entries)} adapters, mean test score {mean:.3f}, "
                   f"in {entries[0].path.parent}")
     return 0
 
 
-_cli.add_arguments = lambda p: (
+def _cli_arguments(p) -> None:
     p.add_argument("--model", choices=["minilm", "smollm2", "all"], default="minilm",
-                   help="bundled model of the zoo (smollm2: generation tasks, ~1 s per step on a CPU)"),
-    p.add_argument("--fast", action="store_true", help="the small fast-mode zoo"),
-    p.add_argument("--rebuild", action="store_true", help="retrain even if cached"))
+                   help="bundled model of the zoo (smollm2: generation tasks, ~1-2 s per step on a CPU)")
+    p.add_argument("--fast", action="store_true", help="the small fast-mode zoo")
+    p.add_argument("--rebuild", action="store_true", help="retrain even if cached")
+
+
+_cli.add_arguments = _cli_arguments  # set before registering: cli.command reads it at decoration time
 _cli.builds_cache = True
+command("lora-zoo", "train (or load from the cache) the LoRA adapter zoos of notebook 03")(_cli)
