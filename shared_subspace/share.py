@@ -528,7 +528,7 @@ BASELINES = ("per_task_lora", "sequential_lora", "joint_lora")
 # random-basis control runs at every (k, p) with k in random_ks.
 GRID = {
     "digits": {"full": {"ks": (8, 16, 24), "ps": (2,), "qs": (0, 2), "random_ks": (8, 24)},
-               "fast": {"ks": (8, 24), "ps": (2,), "qs": (0,), "random_ks": (24,)}},
+               "fast": {"ks": (8, 24), "ps": (2,), "qs": (0,), "random_ks": (8, 24)}},
     "text": {"full": {"ks": (16,), "ps": (4,), "qs": (0,), "random_ks": ()},   # a MiniLM run is slow on a CPU
              "fast": {"ks": (16,), "ps": (4,), "qs": (0,), "random_ks": ()}},
 }
