@@ -3,20 +3,21 @@
     shared-subspace cache [--rebuild]        build (or rebuild) every cached result
     shared-subspace <command> --help         one command per experiment (added by each module)
 
-Each module registers its command in COMMANDS below: name -> (help, add_arguments, run).
+Each module registers its command with @command(name, help); `run.add_arguments(parser)` and
+`run.builds_cache = True` may be set on the function before or after decorating it.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-COMMANDS: dict[str, tuple[str, callable, callable]] = {}
+COMMANDS: dict[str, tuple[str, callable]] = {}  # name -> (help, run)
 
 
 def command(name: str, help: str):
-    """Decorator: register `run(args)` under `name`; `run.add_arguments(parser)` is optional."""
+    """Decorator: register `run(args)` under `name`."""
     def wrap(run):
-        COMMANDS[name] = (help, getattr(run, "add_arguments", lambda p: None), run)
+        COMMANDS[name] = (help, run)
         return run
     return wrap
 
@@ -34,7 +35,7 @@ def _register_all() -> None:
 
 @command("cache", "build every cached result (models, zoos, sweeps); --rebuild recomputes them")
 def _cache(args) -> int:
-    for name, (_, _, run) in COMMANDS.items():
+    for name, (_, run) in COMMANDS.items():
         if name != "cache" and getattr(run, "builds_cache", False):
             print(f"== {name}")
             run(argparse.Namespace(rebuild=args.rebuild, fast=args.fast))
@@ -43,17 +44,16 @@ def _cache(args) -> int:
 
 _cache.add_arguments = lambda p: (p.add_argument("--rebuild", action="store_true"),
                                   p.add_argument("--fast", action="store_true"))
-COMMANDS["cache"] = (COMMANDS["cache"][0], _cache.add_arguments, _cache)
 
 
 def main(argv=None) -> int:
     _register_all()
     parser = argparse.ArgumentParser(prog="shared-subspace", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (help_, add_arguments, _) in sorted(COMMANDS.items()):
-        add_arguments(sub.add_parser(name, help=help_))
+    for name, (help_, run) in sorted(COMMANDS.items()):
+        getattr(run, "add_arguments", lambda p: None)(sub.add_parser(name, help=help_))
     args = parser.parse_args(argv)
-    return COMMANDS[args.command][2](args) or 0
+    return COMMANDS[args.command][1](args) or 0
 
 
 if __name__ == "__main__":

@@ -324,12 +324,12 @@ def test_cli_command_registered():
     from shared_subspace import cli
 
     cli._register_all()
-    help_, add_arguments, run = cli.COMMANDS["lora-zoo"]
+    help_, run = cli.COMMANDS["lora-zoo"]
     assert run.builds_cache and "LoRA" in help_
     import argparse
 
     parser = argparse.ArgumentParser()
-    add_arguments(parser)
+    run.add_arguments(parser)
     args = parser.parse_args(["--fast", "--model", "smollm2", "--rebuild"])
     assert args.fast and args.rebuild and args.model == "smollm2"
     assert lora.preset("minilm", fast=True).r <= lora.preset("minilm", fast=False).r

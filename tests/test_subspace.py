@@ -221,3 +221,14 @@ def test_failed_save_keeps_the_old_file(tmp_path, monkeypatch):
 def test_explained_variance_ratio_of_zero_spectrum():
     assert torch.all(explained_variance_ratio(torch.zeros(3)) == 0)
     assert isinstance(fit_basis(torch.randn(4, 6), k=1), Basis)
+
+
+def test_cli_commands_keep_their_arguments(capsys):
+    """Every command's options reach argparse, whenever the module set add_arguments."""
+    from shared_subspace import cli
+
+    cli._register_all()
+    assert {"cache", "models", "zoo", "extract", "lora-zoo", "continual", "share-sweep"} <= cli.COMMANDS.keys()
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["models", "--help"])
+    assert exit_info.value.code == 0 and "--rebuild" in capsys.readouterr().out
