@@ -41,7 +41,7 @@ bench: install
 	$(BIN)/python benchmarks/run_all.py
 
 cache: install
-	$(BIN)/python -m shared_subspace.cli cache --rebuild
+	$(BIN)/shared-subspace cache --rebuild
 
 clean-cache:
 	rm -rf $(SHARED_SUBSPACE_CACHE)

@@ -56,5 +56,6 @@ def main(argv=None) -> int:
     return COMMANDS[args.command][1](args) or 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # `python -m shared_subspace.cli`: use the importable module's registry
+    from shared_subspace.cli import main as _main
+    sys.exit(_main())
