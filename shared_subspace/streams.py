@@ -1,7 +1,7 @@
 """Task streams for continual learning: an ordered list of tasks with unique names.
 
     digits_stream(n_tasks=10, seed=0) -> (base_mlp, tasks)   pixel permutations, rotations, flips
-    text_stream(n_tasks=8, seed=0)    -> tasks               MiniLM classification tasks (tasks.py)
+    text_stream(n_tasks=8, seed=0)    -> tasks               MiniLM classification tasks a linear probe does not solve
 
 The digits MLP is pretrained once on plain digits and cached; every digits task keeps the 10
 classes, so the tasks share the output layer and differ only in what the input pixels mean.
@@ -59,13 +59,27 @@ def digits_stream(n_tasks: int = 10, seed: int = 0) -> tuple[digits.MLP, list[di
 
 
 def text_stream(n_tasks: int = 8, seed: int = 0, **sizes) -> list:
-    """The first `n_tasks` text-classification tasks of tasks.classification_tasks(seed, **sizes)."""
-    from shared_subspace.tasks import classification_tasks
+    """The first `n_tasks` tasks of tasks.classification_tasks(seed, **sizes) that are worth adapting.
 
-    tasks = classification_tasks(seed=seed, **sizes)
-    if not 1 <= n_tasks <= len(tasks):
-        raise ValueError(f"n_tasks must be between 1 and {len(tasks)} (classification tasks available), got {n_tasks}")
-    return list(tasks[:n_tasks])
+    A task that a frozen encoder + trained linear head already solves (probe score above
+    tasks.PROBE_THRESHOLD, 0.95) teaches nothing about adapters and is skipped; probe scores are
+    computed only for the tasks looked at, and cached.
+    """
+    from shared_subspace.tasks import PROBE_THRESHOLD, base_scores, classification_tasks
+
+    suite = classification_tasks(seed=seed, **sizes)
+    if not 1 <= n_tasks <= len(suite):
+        raise ValueError(f"n_tasks must be between 1 and {len(suite)} (classification tasks available), got {n_tasks}")
+    stream, start = [], 0
+    while len(stream) < n_tasks and start < len(suite):
+        batch = suite[start:start + n_tasks - len(stream)]
+        start += len(batch)
+        scores = base_scores(batch)
+        stream += [t for t in batch if scores[t.name] <= PROBE_THRESHOLD]
+    if len(stream) < n_tasks:
+        raise ValueError(f"only {len(stream)} of {len(suite)} classification tasks are not already solved by a "
+                         f"frozen encoder + linear head; asked for {n_tasks}")
+    return stream
 
 
 def reorder(stream: list, order) -> list:

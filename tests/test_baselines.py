@@ -109,3 +109,17 @@ def test_text_heads_per_task():
     assert 0.0 <= frozen.score(0, tasks[0]) <= 1.0
     with pytest.raises(ValueError, match="n_tasks"):
         streams.text_stream(99)
+
+
+def test_text_stream_skips_tasks_a_linear_probe_solves(monkeypatch):
+    from shared_subspace import tasks as tasks_module
+
+    solved = {"sentiment", "negation"}
+    monkeypatch.setattr(tasks_module, "base_scores",
+                        lambda batch, model=None: {t.name: 1.0 if t.name in solved else 0.6 for t in batch})
+    names = [t.name for t in streams.text_stream(4, n_train=16, n_test=8)]
+    suite = [t.name for t in tasks_module.classification_tasks(n_train=16, n_test=8)]
+    assert names == [n for n in suite if n not in solved][:4]
+    monkeypatch.setattr(tasks_module, "base_scores", lambda batch, model=None: {t.name: 1.0 for t in batch})
+    with pytest.raises(ValueError, match="already solved by a frozen encoder"):
+        streams.text_stream(2, n_train=16, n_test=8)
