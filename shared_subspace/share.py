@@ -514,7 +514,7 @@ def export_peft(base_model: nn.Module, factors: dict[str, tuple[torch.Tensor, to
 # Stream sizes per mode (fast: tests and classrooms; full: the notebook's real numbers). Text uses
 # notebook 04's recipe (baselines.RECIPES); digits trains 20 epochs per task (fast: 8) for every method.
 SETTINGS = {
-    "digits": {"full": {"n_tasks": 10, "epochs": 20}, "fast": {"n_tasks": 10, "epochs": 8}},
+    "digits": {"full": {"n_tasks": 10, "epochs": 30}, "fast": {"n_tasks": 10, "epochs": 8}},
     "text": {"full": {"n_tasks": 8, "n_train": 64, "n_test": 48, "epochs": 3},
              "fast": {"n_tasks": 3, "n_train": 64, "n_test": 32, "epochs": 2}},
 }
