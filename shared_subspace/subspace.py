@@ -90,13 +90,22 @@ def as_stack(X, name: str = "X") -> torch.Tensor:
         raise SubspaceError(f"{name} is empty: shape {tuple(X.shape)}")
     if not X.is_floating_point():
         X = X.to(torch.get_default_dtype())
-    bad = ~torch.isfinite(X)
-    if bad.any():
-        rows = torch.nonzero(bad.any(dim=1)).flatten().tolist()
-        kind = "NaN" if torch.isnan(X).any() else "Inf"
+    rows = _nonfinite_rows(X)
+    if rows:
+        kind = "NaN" if torch.isnan(X[rows]).any() else "Inf"
         raise SubspaceError(f"{name} contains {kind} values in row(s) {rows[:10]}"
                             f"{' ...' if len(rows) > 10 else ''}: clean or drop those models first")
     return X
+
+
+def _nonfinite_rows(X: torch.Tensor, block: int = 1 << 22) -> list[int]:
+    """Rows holding a NaN or Inf, checked a block of rows at a time (no stack-sized mask)."""
+    step = max(1, block // X.shape[1])
+    rows = []
+    for start in range(0, X.shape[0], step):
+        bad = ~torch.isfinite(X[start:start + step]).all(dim=1)
+        rows += (torch.nonzero(bad).flatten() + start).tolist()
+    return rows
 
 
 def _check_k(k: int, limit: int, what: str) -> None:
