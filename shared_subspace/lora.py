@@ -96,7 +96,7 @@ class LoraSettings:
 PRESETS = {  # (model, fast) -> settings
     ("minilm", True): LoraSettings(r=4, alpha=8, steps=16, lr=1e-2, batch_size=8, max_length=24,
                                    n_train=96, n_test=32),
-    ("minilm", False): LoraSettings(r=8, alpha=16, steps=30, lr=7e-3, batch_size=8, max_length=32,
+    ("minilm", False): LoraSettings(r=8, alpha=16, steps=24, lr=8e-3, batch_size=8, max_length=32,
                                     n_train=160, n_test=64),
     ("smollm2", True): LoraSettings(r=8, alpha=16, target_modules=("q_proj", "v_proj"), steps=20, lr=3e-3,
                                     batch_size=8, max_length=64, bf16=True, n_train=64, n_test=24),
