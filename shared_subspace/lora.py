@@ -29,8 +29,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
 import warnings
 from contextlib import contextmanager
@@ -485,15 +483,9 @@ def save_adapter(adapter: AdapterFactors, folder) -> Path:
         state[f"{PREFIX}{m}.lora_B.weight"] = adapter.B[m].contiguous()
     for k, v in adapter.extra.items():
         state[f"{PREFIX}{k}"] = v.contiguous()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
+    with runtime.atomic_folder(folder) as tmp:
         save_file(state, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
         (tmp / ADAPTER_CONFIG).write_text(json.dumps(adapter.config, indent=2, sort_keys=True))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 
@@ -847,19 +839,13 @@ def _train_one(model_name, task, settings, seed, folder, progress):
     test_score = score(peft_model, tokenizer, task, max_length=settings.max_length)
     with peft_model.disable_adapter():
         base_score = score(peft_model, tokenizer, task, max_length=settings.max_length)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
+    meta = {"task": task.name, "seed": seed, "score": test_score, "base_score": base_score,
+            "seconds": seconds, "final_loss": losses[-1] if losses else float("nan"),
+            "losses": losses, "task_digest": _task_digest(task), "settings": asdict(settings),
+            "model": model_name}
+    with runtime.atomic_folder(folder) as tmp:
         peft_model.save_pretrained(tmp, save_embedding_layers=False)
-        meta = {"task": task.name, "seed": seed, "score": test_score, "base_score": base_score,
-                "seconds": seconds, "final_loss": losses[-1] if losses else float("nan"),
-                "losses": losses, "task_digest": _task_digest(task), "settings": asdict(settings),
-                "model": model_name}
         (tmp / META).write_text(json.dumps(meta, indent=1))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return meta
 
 

@@ -35,19 +35,18 @@ standard PEFT LoRA adapter folder (`export_peft`), loadable with `PeftModel.from
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from . import runtime
-from .subspace import SubspaceError, fit_basis, numerical_rank
+from .baselines import _take
+from .subspace import SubspaceError, fit_basis
 
 __all__ = [
     "ShareConfig", "Share", "BasisFactor", "FILLS", "canonical_factors", "fit_factor_basis",
@@ -484,10 +483,6 @@ class Share:
             from safetensors.torch import save_file
             save_file({k: v.contiguous() for k, v in self.heads[task_id].state_dict().items()}, folder / "head.safetensors")
         return folder
-
-
-def _take(X, idx):
-    return {k: v[idx] for k, v in X.items()} if isinstance(X, dict) else X[idx]
 
 
 def export_peft(base_model: nn.Module, factors: dict[str, tuple[torch.Tensor, torch.Tensor]], folder) -> Path:
