@@ -132,3 +132,38 @@ def test_matches_on_gpu(tmp_path):
     gpu = streaming.extract_bases(paths, 3, device="cuda", progress=False)
     for layer in cpu:
         assert_same_basis(gpu[layer], cpu[layer], 3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_other_file_dtypes_are_read_as_float32(tmp_path, dtype):
+    paths = write_models(tmp_path / "models", n=6)
+    for p in paths:                                       # one tensor of each file stored in another dtype
+        state = load_file(str(p))
+        state["enc.weight"] = state["enc.weight"].to(dtype)
+        save_file(state, str(p))
+    states = [load_file(str(p)) for p in paths]
+    chunk = streaming.plan_chunks(streaming.read_layout(paths)["enc"], 1000)[0]
+    X = streaming.read_chunk(paths, chunk)
+    assert X.dtype == torch.float32
+    assert torch.equal(X, zoo.stack_layer(states, "enc").float())
+
+
+def test_many_files_beyond_the_open_file_limit(tmp_path, monkeypatch):
+    """With fewer file descriptors than files, each read opens its file: same basis."""
+    paths = write_models(tmp_path / "models", n=8)
+    ref = streaming.extract_bases(paths, 2, chunk_elems=16, progress=False)
+    monkeypatch.setattr(streaming.resource, "getrlimit", lambda _: (16, 16))
+    reader = streaming.Reader(paths)
+    assert reader.fds is None
+    reader.close()
+    got = streaming.extract_bases(paths, 2, chunk_elems=16, progress=False)
+    for layer in ref:
+        assert torch.equal(got[layer].components, ref[layer].components)
+
+
+def test_error_truncated_file(tmp_path):
+    paths = write_models(tmp_path / "models", n=4)
+    data = paths[2].read_bytes()
+    paths[2].write_bytes(data[:-40])
+    with pytest.raises(subspace.SubspaceError, match=r"m02\.safetensors (is not a readable|is truncated)"):
+        streaming.extract_bases(paths, 2, progress=False)
