@@ -148,8 +148,9 @@ def plan_chunks(tensors: list[tuple[str, tuple[int, ...]]], chunk_elems: int) ->
     """
     chunks, current, size, col = [], [], 0, 0
     for name, shape in tensors:
-        rows = shape[0] if shape else 1
-        per_row = max(1, int(torch.tensor(shape[1:]).prod()) if len(shape) > 1 else 1)
+        rows, per_row = (shape[0], math.prod(shape[1:])) if shape else (1, 1)
+        if rows * per_row == 0:                                   # an empty tensor adds no columns
+            continue
         step = max(1, chunk_elems // per_row)
         for r0 in range(0, rows, step):
             r1 = min(rows, r0 + step)
@@ -216,7 +217,8 @@ class Reader:
                 while done < len(view):
                     got = os.preadv(fd, [view[done:]], offset + done)
                     if got == 0:
-                        raise SubspaceError(f"{self.files[i]} is truncated: tensor {name} ends past the end of the file")
+                        raise SubspaceError(f"{self.files[i]} is truncated: tensor {name} ends past the end "
+                                            "of the file")
                     done += got
                 if buf is not dst:
                     dst.copy_(buf)
@@ -288,11 +290,9 @@ def _gram(Y: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------- the two passes
 
-def _layer_basis(reader, tensors, k, chunk_elems, buffers, bar, device) -> Basis:
-    files, N, dtype = reader.files, len(reader.files), buffers[0].dtype
-    D = sum(int(torch.tensor(s).prod()) if s else 1 for _, s in tensors)
+def _layer_basis(reader, chunks, k, buffers, bar, device) -> Basis:
+    files, N, D, dtype = reader.files, len(reader.files), chunks[-1][-1][4], buffers[0].dtype
     _check_k(k, min(N - 1, D), f"{N} files (centered) have at most")
-    chunks = plan_chunks(tensors, chunk_elems)
     G = torch.zeros(N, N, dtype=torch.float64, device=device)
     for chunk, Y, _ in _prefetched(reader, chunks, buffers):                 # pass 1
         G_c = _gram(Y.to(device))
@@ -323,7 +323,7 @@ def _layer_basis(reader, tensors, k, chunk_elems, buffers, bar, device) -> Basis
 def stream_bases(files_or_folder, k: int, *, chunk_elems: int | None = None, memory_mb: float = 256,
                  dtype=torch.float32, device=None, threads: int | None = None,
                  progress: bool = True) -> Iterator[tuple[str, Basis]]:
-    """Yield (layer, Basis) one layer at a time, in bounded memory.
+    """Yield (layer, Basis) one layer at a time, in bounded memory (layers of empty tensors are skipped).
 
     k            directions per layer (at most N - 1 for N files)
     chunk_elems  columns per chunk; default: as many as fit `memory_mb` for two chunk buffers (one
@@ -339,14 +339,15 @@ def stream_bases(files_or_folder, k: int, *, chunk_elems: int | None = None, mem
     layout = read_layout(files, headers)
     chunk_elems = chunk_elems or max(1024, int(memory_mb * 2**20 / (3 * len(files) * dtype.itemsize)))
     plans = {layer: plan_chunks(t, chunk_elems) for layer, t in layout.items()}
+    plans = {layer: chunks for layer, chunks in plans.items() if chunks}      # layers of empty tensors: no basis
     width = max(chunk_width(c) for chunks in plans.values() for c in chunks)
     buffers = [torch.empty(len(files) * width, dtype=dtype) for _ in range(2)]   # read into one, compute on the other
     n_steps = sum(2 * len(chunks) for chunks in plans.values())
     with (Reader(files, headers) as reader, threadpool_limits(threads or torch.get_num_threads(), user_api="blas"),
           tqdm(total=n_steps, desc=f"extract {len(files)} files", unit="chunk", disable=not progress) as bar):
-        for layer, tensors in layout.items():
+        for layer, chunks in plans.items():
             bar.set_postfix_str(layer)
-            yield layer, _layer_basis(reader, tensors, k, chunk_elems, buffers, bar, torch.device(device or "cpu"))
+            yield layer, _layer_basis(reader, chunks, k, buffers, bar, torch.device(device or "cpu"))
 
 
 def extract_bases(files_or_folder, k: int, **kwargs) -> dict[str, Basis]:

@@ -167,3 +167,12 @@ def test_error_truncated_file(tmp_path):
     paths[2].write_bytes(data[:-40])
     with pytest.raises(subspace.SubspaceError, match=r"m02\.safetensors (is not a readable|is truncated)"):
         streaming.extract_bases(paths, 2, progress=False)
+
+
+def test_empty_tensors_add_no_columns(tmp_path):
+    shapes = {**SHAPES, "enc.empty": (3, 0), "void.weight": (0,)}
+    paths = write_models(tmp_path / "models", n=6, shapes=shapes)
+    assert list(streaming.extract_bases(paths, 2, progress=False)) == ["enc", "head"]     # "void" has no entries
+    layout = streaming.read_layout(paths)
+    chunks = streaming.plan_chunks(layout["enc"], 1000)
+    assert chunks[-1][-1][4] == 6 * 10 + 6 and "enc.empty" not in {p[0] for c in chunks for p in c}
