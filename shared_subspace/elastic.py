@@ -23,7 +23,8 @@ import torch
 
 from .subspace import Basis, SubspaceError, as_stack
 
-__all__ = ["residual_directions", "relative_error", "captured_energy", "ElasticBasis"]
+__all__ = ["residual_directions", "relative_error", "captured_energy", "project_rows", "ElasticBasis",
+           "flat_params", "with_update", "fine_tune_updates", "digits_cycles", "FAMILIES"]
 
 
 def _components(basis, dim: int) -> torch.Tensor:
@@ -265,3 +266,10 @@ def digits_cycles(family: str = "stream", n_tasks: int = 12, *, epochs: int = 12
         torch.save(updates, tmp)
         tmp.replace(path)
     return base, tasks, updates
+
+
+def project_rows(X, basis) -> torch.Tensor:
+    """X V^T V: the rows of X seen through the basis (uncentered, orthonormal rows V)."""
+    X = _stack(X.unsqueeze(0) if isinstance(X, torch.Tensor) and X.ndim == 1 else X)
+    V = _components(basis, X.shape[1])
+    return (X @ V.T) @ V

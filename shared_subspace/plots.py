@@ -388,3 +388,56 @@ def module_explorer(ratios: dict, nulls: dict, ks, errors: dict, *, k, module, f
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def basis_size(ks: dict, *, k_max=None, names=None, ax=None, title="basis size over fine-tune cycles"):
+    """k after each cycle, one line per run (ks: label -> list of k); an optional cap line."""
+    ax = _ax(ax)
+    palette = [COLORS["basis"], COLORS["heldout"], COLORS["basis_only"], COLORS["mean_only"], COLORS["random"]]
+    for i, (label, k) in enumerate(ks.items()):
+        null = "null" in label or "shuffled" in label or "random" in label
+        ax.plot(np.arange(1, len(k) + 1), _np(k), "o-" if not null else "s--", ms=4, label=label,
+                color=COLORS["null"] if null else palette[i % len(palette)])
+    if k_max is not None:
+        ax.axhline(k_max, color=COLORS["threshold"], ls=":", lw=1, label=f"cap k_max = {k_max}")
+    n = max(len(k) for k in ks.values())
+    ax.set_xticks(np.arange(1, n + 1), names if names is not None else np.arange(1, n + 1),
+                  rotation=45 if names is not None else 0, ha="right" if names is not None else "center")
+    ax.set(xlabel="fine-tune cycle", ylabel="directions k", title=title)
+    ax.legend(fontsize=8)
+    return ax
+
+
+def projection_errors(before, after, *, threshold=None, names=None, ax=None, title="projection error of each new task"):
+    """Relative projection error of each cycle's update before (bars) and after (dots) the basis grew."""
+    ax = _ax(ax)
+    x = np.arange(1, len(before) + 1)
+    ax.bar(x, _np(before), color=COLORS["basis"], alpha=0.5, label="before (basis of earlier tasks)")
+    ax.plot(x, _np(after), "o", color=COLORS["basis"], label="after growing")
+    if threshold is not None:
+        ax.axhline(threshold, color=COLORS["threshold"], ls="--", lw=1, label=f"threshold {threshold}")
+    ax.set_xticks(x, names if names is not None else x, rotation=45 if names is not None else 0,
+                  ha="right" if names is not None else "center")
+    ax.set(ylim=(0, 1.3), xlabel="fine-tune cycle", ylabel="||X - X V^T V|| / ||X||", title=title)
+    ax.legend(fontsize=8, loc="upper center", ncol=3)
+    return ax
+
+
+def elastic_explorer(ks, acc, *, threshold, energy, k_fixed=None, acc_fixed=None, acc_full=None, figsize=(12.0, 3.8)):
+    """The widget's figure: k over cycles (left) and each task's accuracy with its update projected on
+    the final basis (right), for one (threshold, energy) setting; optional fixed-k and full references."""
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=figsize)
+    basis_size({f"elastic (threshold {threshold}, energy {energy})": ks}, ax=a1, title="basis size k")
+    if k_fixed is not None:
+        a1.axhline(k_fixed, color=COLORS["mean_only"], ls="--", lw=1, label=f"fixed k = {k_fixed}")
+        a1.legend(fontsize=8)
+    x = np.arange(1, len(acc) + 1)
+    a2.plot(x, _np(acc), "o-", color=COLORS["basis"], label=f"elastic, final k = {int(_np(ks)[-1])}")
+    if acc_fixed is not None:
+        a2.plot(x, _np(acc_fixed), "s--", color=COLORS["mean_only"], label=f"fixed k = {k_fixed}")
+    if acc_full is not None:
+        a2.plot(x, _np(acc_full), "-", color=COLORS["full"], lw=1, label="full update")
+    a2.set(ylim=(0, 1.02), xlabel="task", ylabel="test accuracy, update projected", title="what the final basis keeps")
+    a2.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
