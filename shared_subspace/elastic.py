@@ -24,7 +24,8 @@ import torch
 from .subspace import Basis, SubspaceError, as_stack
 
 __all__ = ["residual_directions", "relative_error", "captured_energy", "project_rows", "ElasticBasis",
-           "flat_params", "with_update", "fine_tune_updates", "digits_cycles", "FAMILIES"]
+           "flat_params", "with_update", "fine_tune_updates", "digits_cycles", "FAMILIES",
+           "PRESETS"]
 
 
 def _components(basis, dim: int) -> torch.Tensor:
@@ -235,6 +236,7 @@ def fine_tune_updates(model: torch.nn.Module, task, *, epochs: int = 12, snapsho
 
 
 FAMILIES = ("stream", "labelmap", "repeat")
+PRESETS = {"fast": (12, 4), "full": (30, 6)}   # (epochs, snapshots) per cycle; notebook 06 and the CLI share them
 
 
 def digits_cycles(family: str = "stream", n_tasks: int = 12, *, epochs: int = 12, snapshots: int = 4,
@@ -273,3 +275,44 @@ def project_rows(X, basis) -> torch.Tensor:
     X = _stack(X.unsqueeze(0) if isinstance(X, torch.Tensor) and X.ndim == 1 else X)
     V = _components(basis, X.shape[1])
     return (X @ V.T) @ V
+
+
+# ---------------------------------------------------------------- command line
+
+def _cli(args) -> int:
+    """Build the cached cycles of each family and print the elastic basis's history for each."""
+    import pandas as pd
+
+    from . import runtime
+
+    runtime.set_threads()
+    fast = bool(getattr(args, "fast", False))
+    epochs, snapshots = PRESETS["fast" if fast else "full"]
+    for family in getattr(args, "families", FAMILIES):
+        _, tasks, updates = digits_cycles(family, getattr(args, "n_tasks", 12), epochs=epochs, snapshots=snapshots,
+                                          rebuild=getattr(args, "rebuild", False))
+        E = ElasticBasis(updates[0].shape[1], threshold=getattr(args, "threshold", 0.3),
+                         energy=getattr(args, "energy", 0.95), k_max=getattr(args, "k_max", None))
+        for task, X in zip(tasks, updates):
+            E.observe(X, task.name)
+        print(f"== {family}: k = {E.k} after {len(tasks)} cycles")
+        print(pd.DataFrame(E.history).set_index("cycle").to_string(float_format="%.3f"))
+    return 0
+
+
+def _register() -> None:
+    from .cli import command
+
+    _cli.add_arguments = lambda p: (
+        p.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES),
+        p.add_argument("--n-tasks", type=int, default=12, help="fine-tune cycles per family"),
+        p.add_argument("--threshold", type=float, default=0.3, help="grow when the projection error exceeds it"),
+        p.add_argument("--energy", type=float, default=0.95, help="grow until this energy of a task is captured"),
+        p.add_argument("--k-max", type=int, default=None, help="cap on the number of directions"),
+        p.add_argument("--fast", action="store_true", help="the small fast-mode fine-tunes"),
+        p.add_argument("--rebuild", action="store_true", help="retrain the cached cycles"))
+    _cli.builds_cache = True
+    command("elastic", "the elastic basis over digits fine-tune cycles (cached in elastic/)")(_cli)
+
+
+_register()

@@ -186,3 +186,13 @@ def test_fine_tune_updates_are_real_weight_changes():
     assert torch.equal(elastic.flat_params(elastic.with_update(mlp, torch.zeros(U.shape[1]))), elastic.flat_params(mlp))
     with pytest.raises(SubspaceError, match="snapshots <= epochs"):
         elastic.fine_tune_updates(mlp, task, epochs=1, snapshots=2)
+
+
+def test_cli_prints_the_history(tmp_path, monkeypatch, capsys):
+    from shared_subspace import cli
+
+    monkeypatch.setenv("SHARED_SUBSPACE_CACHE", str(tmp_path))
+    assert cli.main(["elastic", "--families", "repeat", "--n-tasks", "2", "--fast", "--k-max", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "== repeat: k = " in out and "rotate90-run1" in out and "error_before" in out
+    assert list((tmp_path / "elastic").glob("repeat_n2_ep12_s4_seed0.pt"))
