@@ -25,7 +25,7 @@ def command(name: str, help: str):
 def _register_all() -> None:
     # Import the modules that define commands; each import registers its own.
     import importlib
-    for module in ("zoo", "streaming", "lora", "models", "tasks", "continual", "share", "elastic"):
+    for module in ("zoo", "streaming", "lora", "models", "tasks", "continual", "share", "elastic", "dimension"):
         try:
             importlib.import_module(f"shared_subspace.{module}")
         except ModuleNotFoundError as exc:

@@ -441,3 +441,46 @@ def elastic_explorer(ks, acc, *, threshold, energy, k_fixed=None, acc_fixed=None
     a2.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def dimension_vs_tasks(curves: dict, *, seed=None, ax=None, title="directions needed as tasks are added"):
+    """k against the number of tasks in the fit (curves: label -> {n: k}), the line k = n, and an optional
+    seed rule-of-thumb band (seed: (n_lo, n_hi, k_lo, k_hi))."""
+    ax = _ax(ax)
+    palette = [COLORS["basis"], COLORS["heldout"], COLORS["basis_only"], COLORS["mean_only"]]
+    n_max = max(max(c) for c in curves.values())
+    ax.plot([1, n_max], [1, n_max], color=COLORS["threshold"], ls=":", lw=1, label="k = n (every task its own direction)")
+    for i, (label, c) in enumerate(curves.items()):
+        null = "null" in label or "noise" in label
+        n = sorted(c)
+        ax.plot(n, [c[x] for x in n], "s--" if null else "o-", ms=9 if i == 0 else 5, lw=4 if i == 0 else 1.5,
+                alpha=0.5 if i == 0 else 1, label=label, color=COLORS["null"] if null else palette[i % len(palette)])
+    if seed is not None:
+        ax.fill_between([seed[0], seed[1]], seed[2], seed[3], color=COLORS["random"], alpha=0.15,
+                        label=f"seed's table: {seed[2]}-{seed[3]} for {seed[0]}-{seed[1]} tasks")
+        ax.set_yscale("log", base=2)
+    ax.set(xlabel="tasks in the fit n", ylabel="directions k", title=title)
+    ax.legend(fontsize=8)
+    return ax
+
+
+def dimension_explorer(cum_energy, retained: dict, *, energy, keep, k_energy, k_perf: dict, figsize=(12.0, 3.8)):
+    """The widget's figure: cumulative energy of a stack with the k it needs at `energy` (left), and the
+    share of the gain kept against k per view (right: label -> (ks, rho)) with the k_P each reaches."""
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=figsize)
+    c = _np(cum_energy)
+    a1.plot(np.arange(1, len(c) + 1), c, "o-", color=COLORS["basis"], ms=4, label="zoo (median module)")
+    a1.axhline(energy, color=COLORS["threshold"], ls="--", lw=1, label=f"energy {energy:.2f}")
+    a1.axvline(k_energy, color=COLORS["basis"], ls=":", lw=1, label=f"k_E = {k_energy}")
+    a1.set(ylim=(0, 1.02), xlabel="directions k", ylabel="cumulative explained variance", title="weights: k_E")
+    a1.legend(fontsize=8)
+    palette = [COLORS["basis"], COLORS["heldout"], COLORS["mean_only"], COLORS["random"], COLORS["basis_only"]]
+    for i, (label, (ks, rho)) in enumerate(retained.items()):
+        kp = k_perf.get(label)
+        a2.plot(ks, _np(rho), "o-", ms=4, color=palette[i % len(palette)],
+                label=f"{label}: k_P = {kp if kp is not None else 'not reached'}")
+    a2.axhline(keep, color=COLORS["threshold"], ls="--", lw=1, label=f"keep {keep:.2f}")
+    a2.set(ylim=(-0.2, 1.1), xlabel="directions k", ylabel="share of the gain kept", title="tasks: k_P")
+    a2.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
