@@ -449,7 +449,8 @@ def dimension_vs_tasks(curves: dict, *, seed=None, ax=None, title="directions ne
     ax = _ax(ax)
     palette = [COLORS["basis"], COLORS["heldout"], COLORS["basis_only"], COLORS["mean_only"]]
     n_max = max(max(c) for c in curves.values())
-    ax.plot([1, n_max], [1, n_max], color=COLORS["threshold"], ls=":", lw=1, label="k = n (every task its own direction)")
+    n_all = np.arange(1, n_max + 1)
+    ax.plot(n_all, n_all, color=COLORS["threshold"], ls=":", lw=1, label="k = n (every task its own direction)")
     for i, (label, c) in enumerate(curves.items()):
         null = "null" in label or "noise" in label
         n = sorted(c)
