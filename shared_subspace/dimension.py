@@ -18,6 +18,7 @@ subspace, and 90% of the gain is stricter than 90% of the score when the base mo
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import statistics
 from dataclasses import dataclass
@@ -230,8 +231,9 @@ def random_basis_scores(model, tokenizer, adapters, tasks, *, ks: Sequence[int],
 
 
 def cached_rows(name: str, key: dict, compute: Callable[[], list[dict]], *, rebuild: bool = False) -> list[dict]:
-    """compute() once, then read runtime.cache_dir("dimension")/<name>.json while `key` is unchanged."""
-    path = runtime.cache_dir("dimension") / f"{name}.json"
+    """compute() once, then read runtime.cache_dir("dimension")/<name>-<hash of key>.json."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+    path = runtime.cache_dir("dimension") / f"{name}-{digest}.json"
     if not rebuild and path.is_file():
         saved = json.loads(path.read_text())
         if saved.get("key") == json.loads(json.dumps(key)):

@@ -166,7 +166,9 @@ def test_cached_rows(tmp_path, monkeypatch):
     assert dim.cached_rows("t", {"a": 1}, compute) == [{"k": 1, "score": math.pi}]
     assert dim.cached_rows("t", {"a": 1}, compute) == [{"k": 1, "score": math.pi}] and len(calls) == 1
     dim.cached_rows("t", {"a": 2}, compute)       # a changed key recomputes
-    assert len(calls) == 2 and (tmp_path / "dimension" / "t.json").is_file()
+    assert len(calls) == 2 and len(list((tmp_path / "dimension").glob("t-*.json"))) == 2
+    dim.cached_rows("t", {"a": 1}, compute)       # both keys stay cached side by side
+    assert len(calls) == 2
 
 
 def test_adapter_dimensions_on_planted_adapters():
