@@ -171,7 +171,7 @@ def test_cached_rows(tmp_path, monkeypatch):
     assert len(calls) == 2
 
 
-def test_adapter_dimensions_on_planted_adapters():
+def test_adapter_dimensions_on_planted_adapters(tmp_path, capsys):
     from shared_subspace.lora import AdapterFactors
 
     config = {"r": 2, "lora_alpha": 2, "base_model_name_or_path": "toy", "target_modules": ["q"]}
@@ -182,8 +182,16 @@ def test_adapter_dimensions_on_planted_adapters():
         B = torch.randn(30, 2, generator=g) * 0.01 + torch.randn(1, 2, generator=g) * torch.ones(30, 1)
         return AdapterFactors(f"a{i}", config, {"layer.0.q": A0}, {"layer.0.q": B})
 
-    rows = dim.adapter_dimensions([adapter(i) for i in range(8)], 0.9, draws=3)
+    adapters = [adapter(i) for i in range(8)]
+    rows = dim.adapter_dimensions(adapters, 0.9, draws=3)
     assert [r["module"] for r in rows] == ["layer.0.q"]
     assert rows[0]["k_E"] <= 2 < rows[0]["noise k_E"] and rows[0]["k_S"] >= 1
     with pytest.raises(dim.DimensionError, match="at least 3 adapters"):
         dim.adapter_dimensions([adapter(0), adapter(1)])
+    # the command line reads PEFT folders and prints the same numbers and a recommended k
+    from shared_subspace import cli, lora
+
+    folders = [str(lora.save_adapter(a, tmp_path / a.name)) for a in adapters]
+    assert cli.main(["dimension", *folders]) == 0
+    out = capsys.readouterr().out
+    assert f"layer.0.q  {rows[0]['k_E']:>3}" in out and "8 adapters" in out and "recommended k" in out
