@@ -461,10 +461,9 @@ class Share:
         self.model.eval()
 
     @torch.no_grad()
-    def _predict(self, X, head, batch_size: int = 256) -> torch.Tensor:
-        n = len(next(iter(X.values()))) if isinstance(X, dict) else len(X)
-        return torch.cat([self.backbone.logits(self.model, _take(X, slice(s, s + batch_size)), head).argmax(-1)
-                          for s in range(0, n, batch_size)])
+    def _predict(self, X, head) -> torch.Tensor:
+        n, bs = (len(next(iter(X.values()))) if isinstance(X, dict) else len(X)), getattr(self.backbone, "eval_batch", 256)
+        return torch.cat([self.backbone.predict(self.model, _take(X, slice(s, s + bs)), head) for s in range(0, n, bs)])
 
     @torch.no_grad()
     def logits(self, task_id: int, X) -> torch.Tensor:
@@ -512,12 +511,17 @@ SETTINGS = {
     "digits": {"full": {"n_tasks": 10, "epochs": 30}, "fast": {"n_tasks": 10, "epochs": 8}},
     "text": {"full": {"n_tasks": 8, "n_train": 64, "n_test": 48, "epochs": 3},
              "fast": {"n_tasks": 3, "n_train": 64, "n_test": 32, "epochs": 2}},
+    # a causal LM (notebook 07): SmolLM2 on a CPU by default, a 1B model on a GPU
+    "causal": {"full": {"n_tasks": 4, "n_train": 64, "n_test": 32, "epochs": 2},
+               "fast": {"n_tasks": 2, "n_train": 40, "n_test": 16, "epochs": 2}},
 }
 # Share's default per stream, and the LoRA baselines' (same epochs, batches and data as Share).
 SHARE_DEFAULTS = {"digits": {"k": 24, "p": 2, "n_init": 4, "lr": 3e-2},
-                  "text": {"k": 16, "p": 4, "n_init": 1, "lr": 3e-2, "init_lr": 3e-3, "batch_size": 16}}
+                  "text": {"k": 16, "p": 4, "n_init": 1, "lr": 3e-2, "init_lr": 3e-3, "batch_size": 16},
+                  "causal": {"k": 16, "p": 4, "n_init": 1, "lr": 3e-2, "init_lr": 3e-3, "batch_size": 8}}
 LORA_DEFAULTS = {"digits": {"r": 8, "alpha": 16, "lr": 1e-2, "batch_size": 64},
-                 "text": {"r": 8, "alpha": 16, "lr": 2e-3, "head_lr": 1e-2, "batch_size": 16}}
+                 "text": {"r": 8, "alpha": 16, "lr": 2e-3, "head_lr": 1e-2, "batch_size": 16},
+                 "causal": {"r": 8, "alpha": 16, "lr": 3e-3, "batch_size": 8}}
 BASELINES = ("per_task_lora", "sequential_lora", "joint_lora")
 # The sweep grid per stream and mode: every (k, p, q) is one full run over the stream; the
 # random-basis control runs at every (k, p) with k in random_ks.
@@ -537,14 +541,19 @@ def _mode(fast: bool | None) -> str:
     return "fast" if (runtime.fast_mode() if fast is None else fast) else "full"
 
 
-def setup(stream: str, fast: bool | None = None):
-    """(backbone, tasks, settings) of the digits or MiniLM text stream at this mode's size."""
+def setup(stream: str, fast: bool | None = None, model: str = "bundled:smollm2"):
+    """(backbone, tasks, settings) of the digits, MiniLM text or causal-LM stream at this mode's size
+    (`model` names the causal LM: bundled SmolLM2, a hub id or a folder)."""
     from . import streams
-    from .baselines import DigitsBackbone, TextBackbone
+    from .baselines import CausalBackbone, DigitsBackbone, TextBackbone
 
     if stream not in SETTINGS:
-        raise ValueError(f"unknown stream {stream!r}: use 'digits' or 'text'")
+        raise ValueError(f"unknown stream {stream!r}: use one of {sorted(SETTINGS)}")
     s = SETTINGS[stream][_mode(fast)]
+    if stream == "causal":
+        if _BACKBONES.get("causal") is None or _BACKBONES["causal"].name != model:
+            _BACKBONES["causal"] = CausalBackbone(model)
+        return _BACKBONES["causal"], streams.causal_stream(s["n_tasks"], n_train=s["n_train"], n_test=s["n_test"]), s
     if stream == "digits":
         mlp, tasks = streams.digits_stream(s["n_tasks"])
         if "digits" not in _BACKBONES:
@@ -555,11 +564,12 @@ def setup(stream: str, fast: bool | None = None):
     return _BACKBONES["text"], streams.text_stream(s["n_tasks"], n_train=s["n_train"], n_test=s["n_test"]), s
 
 
-def make_method(stream: str, method: str = "share", *, fast: bool | None = None, **kw):
+def make_method(stream: str, method: str = "share", *, fast: bool | None = None, model: str = "bundled:smollm2",
+                **kw):
     """A fresh method for `stream`: "share" (SHARE_DEFAULTS overridden by kw) or one of BASELINES."""
     from . import baselines
 
-    backbone, _, s = setup(stream, fast)
+    backbone, _, s = setup(stream, fast, model)
     if method == "share":
         return Share(backbone, **{**SHARE_DEFAULTS[stream], "epochs": s["epochs"], **kw})
     classes = {"per_task_lora": baselines.PerTaskLoRA, "sequential_lora": baselines.SequentialLoRA,
@@ -570,7 +580,7 @@ def make_method(stream: str, method: str = "share", *, fast: bool | None = None,
 
 
 def run(stream: str, method: str = "share", *, fast: bool | None = None, rebuild: bool = False,
-        progress: bool = False, **kw):
+        progress: bool = False, model: str = "bundled:smollm2", **kw):
     """One method over one stream, as a continual.StreamResult, cached in cache_dir("share_sweeps").
 
     The file is named by a hash of the method's whole config, the stream's sizes and task names: the
@@ -582,8 +592,8 @@ def run(stream: str, method: str = "share", *, fast: bool | None = None, rebuild
     from .continual import StreamResult, run_stream
 
     mode = _mode(fast)
-    _, tasks, settings = setup(stream, fast)
-    m = make_method(stream, method, fast=fast, **kw)
+    _, tasks, settings = setup(stream, fast, model)
+    m = make_method(stream, method, fast=fast, model=model, **kw)
     ident = json.dumps({"config": m.config(), "settings": settings, "tasks": [t.name for t in tasks]},
                        sort_keys=True, default=str)
     path = runtime.cache_dir("share_sweeps", f"{stream}-{mode}") / f"{method}-{hashlib.sha1(ident.encode()).hexdigest()[:12]}.json"

@@ -82,6 +82,21 @@ def text_stream(n_tasks: int = 8, seed: int = 0, **sizes) -> list:
     return stream
 
 
+# Generation tasks in order of how fast a per-task LoRA learns them on SmolLM2 (docs/tasks.md: 10-25 steps)
+CAUSAL_ORDER = ("uppercase", "first_letter", "capitalize_first", "last_letter", "repeat_word", "first_and_last")
+
+
+def causal_stream(n_tasks: int = 4, seed: int = 0, **sizes) -> list:
+    """The first `n_tasks` generation tasks of CAUSAL_ORDER (the quickest to learn), from
+    tasks.generation_tasks(seed, **sizes): a base causal LM scores 0 on each, an adapter learns each."""
+    from shared_subspace.tasks import generation_tasks
+
+    if not 1 <= n_tasks <= len(CAUSAL_ORDER):
+        raise ValueError(f"n_tasks must be between 1 and {len(CAUSAL_ORDER)}, got {n_tasks}")
+    suite = {t.name: t for t in generation_tasks(seed=seed, **sizes)}
+    return [suite[name] for name in CAUSAL_ORDER[:n_tasks]]
+
+
 def reorder(stream: list, order) -> list:
     """The stream in another order: `order` is a permutation of range(len(stream))."""
     order = list(order)
