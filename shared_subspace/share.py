@@ -533,7 +533,8 @@ GRID = {
 }
 # The runs notebook 05 shows besides the sweep (the CLI builds them into the cache).
 NOTEBOOK_RUNS = {"digits": ("share", "literal", "random", "per_task_lora", "sequential_lora", "joint_lora"),
-                 "text": ("share", "per_task_lora")}
+                 "text": ("share", "per_task_lora"),
+                 "causal": ("sequential_lora", "per_task_lora", "share")}     # notebook 07
 _BACKBONES: dict = {}
 
 
@@ -650,8 +651,11 @@ def _cli(args) -> int:
             for m in NOTEBOOK_RUNS[stream]:   # what notebook 05 reads besides the sweep
                 kw = {"fill": "literal"} if m == "literal" else {"basis": "random"} if m == "random" else {}
                 method = "share" if m in ("share", "literal", "random") else m
+                if stream == "causal":
+                    kw["model"] = getattr(args, "model", "bundled:smollm2")
                 print(stream, m, summarize(run(stream, method, fast=fast, rebuild=args.rebuild, progress=True, **kw)))
-            print(sweep(stream, fast=fast, rebuild=args.rebuild, progress=True).to_string())
+            if stream in GRID:
+                print(sweep(stream, fast=fast, rebuild=args.rebuild, progress=True).to_string())
     return 0
 
 
@@ -659,7 +663,10 @@ def _register() -> None:
     from .cli import command
 
     _cli.add_arguments = lambda p: (
-        p.add_argument("--streams", nargs="+", default=["digits", "text"], choices=["digits", "text"]),
+        p.add_argument("--streams", nargs="+", default=["digits", "text"], choices=["digits", "text", "causal"],
+                       help="causal: notebook 07's runs on a causal LM (see --model)"),
+        p.add_argument("--model", default="bundled:smollm2", help="the causal LM of the causal stream: "
+                       "bundled:smollm2, a hub id (e.g. a 1B model, on a GPU) or a folder"),
         p.add_argument("--fast", action="store_true", help="the small fast-mode sizes"),
         p.add_argument("--both-modes", action="store_true", help="fast and full"),
         p.add_argument("--rebuild", action="store_true", help="recompute cached runs"))
