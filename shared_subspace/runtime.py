@@ -49,6 +49,22 @@ def choose_device(prefer: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
+def has_fast_bf16(device) -> bool:
+    """Whether bfloat16 matmuls run natively on `device` (then autocast to bf16 speeds training up):
+    a CUDA GPU that supports bf16, or a CPU with AVX512-BF16 or AMX (Linux /proc/cpuinfo flags).
+    Elsewhere bf16 is emulated and slower than float32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
 def set_threads(n: int | None = None) -> int:
     """Set torch's CPU thread count and return it.
 

@@ -27,3 +27,14 @@ def test_switches(monkeypatch, tmp_path):
     assert runtime.cache_dir("zoo") == tmp_path / "c" / "zoo" and (tmp_path / "c" / "zoo").is_dir()
     with pytest.raises(ValueError, match="at least 1"):
         runtime.set_threads(0)
+
+
+def test_has_fast_bf16_reads_the_cpu_flags(monkeypatch, tmp_path):
+    from pathlib import Path
+
+    assert runtime.has_fast_bf16("meta") is False
+    real = Path.read_text
+    for flags, expected in [("fpu avx2 avx512f", False), ("fpu avx512f avx512_bf16", True), ("fpu amx_bf16 x", True)]:
+        monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: f"flags\t: {flags}\n" if str(self) == "/proc/cpuinfo"
+                            else real(self, *a, **k))
+        assert runtime.has_fast_bf16("cpu") is expected
