@@ -52,7 +52,16 @@ def _len(inputs) -> int:
 
 # ---------------------------------------------------------------- backbones
 
-class DigitsBackbone:
+class _Backbone:
+    """What every backbone shares: a prediction is the argmax of the logits, scored in batches of eval_batch."""
+
+    eval_batch = 128
+
+    def predict(self, model, X, head=None) -> torch.Tensor:
+        return self.logits(model, X, head).argmax(-1)
+
+
+class DigitsBackbone(_Backbone):
     """The pretrained digits MLP: LoRA on every linear layer, its output layer shared by all tasks."""
 
     shared_head = True
@@ -84,9 +93,6 @@ class DigitsBackbone:
     def logits(self, model, X, head=None):
         return model(X) if head is None else head(self.features(model, X))
 
-    def predict(self, model, X, head=None) -> torch.Tensor:
-        return self.logits(model, X, head).argmax(-1)
-
     def score(self, task, pred: torch.Tensor) -> float:
         return float((pred == task.y_test).float().mean())
 
@@ -94,7 +100,7 @@ class DigitsBackbone:
         return self.logits(model, task.X_test).argmax(-1)
 
 
-class TextBackbone:
+class TextBackbone(_Backbone):
     """A sentence encoder (default the bundled MiniLM): LoRA on query/value, mean pooling, a head per task."""
 
     shared_head = False
@@ -106,7 +112,7 @@ class TextBackbone:
         self.name, self.max_length, self.targets = name, max_length, list(targets)
         self.encoder, self.tokenizer = load_model(name, kind="encoder", device=device, dtype=torch.float32)
         self.encoder.eval().requires_grad_(False)
-        self.device = next(self.encoder.parameters()).device
+        self.device = _device(self.encoder)
         self.feature_dim = self.encoder.config.hidden_size
         self._cache: dict = {}
 
@@ -147,9 +153,6 @@ class TextBackbone:
     def logits(self, model, inputs, head):
         return head(self.features(model, inputs))
 
-    def predict(self, model, inputs, head) -> torch.Tensor:
-        return self.logits(model, inputs, head).argmax(-1)
-
     def score(self, task, pred: torch.Tensor) -> float:
         return float(task.score([task.labels[int(k)] for k in pred.cpu()]))
 
@@ -162,7 +165,7 @@ class TextBackbone:
         return (x @ labels.T).argmax(-1)
 
 
-class CausalBackbone:
+class CausalBackbone(_Backbone):
     """A causal language model (default the bundled SmolLM2-135M; any hub id or folder, e.g. a 1B model
     on a GPU): LoRA on q_proj/v_proj, generation tasks, no head (the LM head is shared by all tasks).
 
@@ -185,7 +188,7 @@ class CausalBackbone:
         self.name, self.max_length, self.targets = name, max_length, list(targets)
         self.model, self.tokenizer = load_model(name, kind="causal_lm", device=device, dtype=torch.float32)
         self.model.eval().requires_grad_(False)
-        self.device = next(self.model.parameters()).device
+        self.device = _device(self.model)
         # bfloat16 autocast (default: where bf16 is native): about 1.4x faster LoRA steps on an AVX512-BF16 CPU
         self.bf16 = runtime.has_fast_bf16(self.device) if bf16 is None else bf16
         self._cache: dict = {}
@@ -385,8 +388,7 @@ class _LoRAMethod:
         head = self.heads.get(task_id) or self._new_head(task_id, task)   # unseen task: a fresh head
         X, _ = self.backbone.data(task, "test")
         with self._adapter_for(task_id):
-            pred = _batched(lambda b: self.backbone.predict(self.model, b, head), X,
-                            getattr(self.backbone, "eval_batch", 128))
+            pred = _batched(lambda b: self.backbone.predict(self.model, b, head), X, self.backbone.eval_batch)
         self.model.train(was_training)
         return self.backbone.score(task, pred)
 

@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from . import runtime
-from .baselines import _take
+from .baselines import _batched, _device, _take
 from .subspace import SubspaceError, fit_basis
 
 __all__ = [
@@ -439,8 +439,7 @@ class Share:
         if self.backbone.shared_head:
             return None
         torch.manual_seed(self.cfg.seed * 100003 + task_id)
-        device = next(self.model.parameters()).device
-        return nn.Linear(self.backbone.feature_dim, self.backbone.n_classes(task)).to(device)
+        return nn.Linear(self.backbone.feature_dim, self.backbone.n_classes(task)).to(_device(self.model))
 
     def _fit(self, task_id: int, task, groups, head) -> None:
         from .continual import step_bar
@@ -460,10 +459,8 @@ class Share:
                     bar.update(1)
         self.model.eval()
 
-    @torch.no_grad()
     def _predict(self, X, head) -> torch.Tensor:
-        n, bs = (len(next(iter(X.values()))) if isinstance(X, dict) else len(X)), getattr(self.backbone, "eval_batch", 256)
-        return torch.cat([self.backbone.predict(self.model, _take(X, slice(s, s + bs)), head) for s in range(0, n, bs)])
+        return _batched(lambda b: self.backbone.predict(self.model, b, head), X, self.backbone.eval_batch)
 
     @torch.no_grad()
     def logits(self, task_id: int, X) -> torch.Tensor:
@@ -568,9 +565,13 @@ def setup(stream: str, fast: bool | None = None, model: str = "bundled:smollm2")
 def make_method(stream: str, method: str = "share", *, fast: bool | None = None, model: str = "bundled:smollm2",
                 **kw):
     """A fresh method for `stream`: "share" (SHARE_DEFAULTS overridden by kw) or one of BASELINES."""
+    backbone, _, s = setup(stream, fast, model)
+    return _method(stream, method, backbone, s, **kw)
+
+
+def _method(stream: str, method: str, backbone, s: dict, **kw):
     from . import baselines
 
-    backbone, _, s = setup(stream, fast, model)
     if method == "share":
         return Share(backbone, **{**SHARE_DEFAULTS[stream], "epochs": s["epochs"], **kw})
     classes = {"per_task_lora": baselines.PerTaskLoRA, "sequential_lora": baselines.SequentialLoRA,
@@ -593,8 +594,8 @@ def run(stream: str, method: str = "share", *, fast: bool | None = None, rebuild
     from .continual import StreamResult, run_stream
 
     mode = _mode(fast)
-    _, tasks, settings = setup(stream, fast, model)
-    m = make_method(stream, method, fast=fast, model=model, **kw)
+    backbone, tasks, settings = setup(stream, fast, model)
+    m = _method(stream, method, backbone, settings, **kw)
     ident = json.dumps({"config": m.config(), "settings": settings, "tasks": [t.name for t in tasks]},
                        sort_keys=True, default=str)
     path = runtime.cache_dir("share_sweeps", f"{stream}-{mode}") / f"{method}-{hashlib.sha1(ident.encode()).hexdigest()[:12]}.json"
@@ -651,9 +652,8 @@ def _cli(args) -> int:
             for m in NOTEBOOK_RUNS[stream]:   # what notebook 05 reads besides the sweep
                 kw = {"fill": "literal"} if m == "literal" else {"basis": "random"} if m == "random" else {}
                 method = "share" if m in ("share", "literal", "random") else m
-                if stream == "causal":
-                    kw["model"] = getattr(args, "model", "bundled:smollm2")
-                print(stream, m, summarize(run(stream, method, fast=fast, rebuild=args.rebuild, progress=True, **kw)))
+                print(stream, m, summarize(run(stream, method, fast=fast, rebuild=args.rebuild, progress=True,
+                                               model=getattr(args, "model", "bundled:smollm2"), **kw)))
             if stream in GRID:
                 print(sweep(stream, fast=fast, rebuild=args.rebuild, progress=True).to_string())
     return 0
