@@ -17,15 +17,15 @@ claim to measure with this class, not a default: k_max and the thresholds are th
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
 
 from .subspace import Basis, SubspaceError, as_stack
 
-__all__ = ["residual_directions", "relative_error", "captured_energy", "project_rows", "ElasticBasis",
-           "flat_params", "with_update", "fine_tune_updates", "digits_cycles", "FAMILIES",
-           "PRESETS"]
+__all__ = ["residual_directions", "relative_error", "captured_energy", "ElasticBasis",
+           "flat_params", "with_update", "fine_tune_updates", "digits_cycles", "FAMILIES", "PRESETS"]
 
 
 def _components(basis, dim: int) -> torch.Tensor:
@@ -156,7 +156,8 @@ class ElasticBasis:
             self.C = self.C + coeffs.T @ coeffs / total
         pruned = 0
         if self.k > self.k_max:
-            pruned += self._keep_top(self.k_max)
+            self._rotate()
+            pruned += self._truncate(self.k_max)
         if self.prune_every and (cycle + 1) % self.prune_every == 0:
             pruned += self.prune()
         record = {"cycle": cycle, "name": name if name is not None else f"task {cycle}", "k": self.k,
@@ -175,8 +176,8 @@ class ElasticBasis:
         self.C = torch.diag(evals)
         return evals
 
-    def _keep_top(self, k: int) -> int:
-        self._rotate()
+    def _truncate(self, k: int) -> int:
+        """Keep the first k directions (after _rotate: those with the most energy); return how many went."""
         dropped = self.k - k
         self.V, self.C = self.V[:k].contiguous(), self.C[:k, :k].clone()
         return dropped
@@ -185,9 +186,9 @@ class ElasticBasis:
         """Rotate to the principal axes of the observed energy, drop directions under prune_energy of it."""
         evals = self._rotate()
         total = float(evals.sum())
-        if self.k == 0 or total == 0:
+        if total == 0:
             return 0
-        return self._keep_top(max(1, int((evals / total >= self.prune_energy).sum())))
+        return self._truncate(max(1, int((evals / total >= self.prune_energy).sum())))
 
     def __repr__(self) -> str:
         return (f"ElasticBasis(dim={self.dim}, k={self.k}, threshold={self.threshold}, energy={self.energy}, "
@@ -203,8 +204,6 @@ def flat_params(model: torch.nn.Module) -> torch.Tensor:
 
 def with_update(model: torch.nn.Module, delta_W: torch.Tensor) -> torch.nn.Module:
     """A copy of the model whose flat parameter vector is theta_0 + delta_W."""
-    import copy
-
     out = copy.deepcopy(model)
     theta = flat_params(model) + torch.as_tensor(delta_W, dtype=torch.float64)
     torch.nn.utils.vector_to_parameters(theta.to(next(model.parameters()).dtype), out.parameters())
@@ -216,8 +215,6 @@ def fine_tune_updates(model: torch.nn.Module, task, *, epochs: int = 12, snapsho
     """One fine-tune cycle: train a copy of the model on the task (all weights, Adam) and return its
     weight change theta_e - theta_0 at `snapshots` evenly spaced epochs (snapshots x D, last row = final).
     """
-    import copy
-
     from .digits import train_classifier
 
     if snapshots < 1 or epochs < snapshots:
@@ -268,13 +265,6 @@ def digits_cycles(family: str = "stream", n_tasks: int = 12, *, epochs: int = 12
         torch.save(updates, tmp)
         tmp.replace(path)
     return base, tasks, updates
-
-
-def project_rows(X, basis) -> torch.Tensor:
-    """X V^T V: the rows of X seen through the basis (uncentered, orthonormal rows V)."""
-    X = _stack(X.unsqueeze(0) if isinstance(X, torch.Tensor) and X.ndim == 1 else X)
-    V = _components(basis, X.shape[1])
-    return (X @ V.T) @ V
 
 
 # ---------------------------------------------------------------- command line

@@ -93,8 +93,8 @@ def test_cap_keeps_the_directions_with_most_energy():
     dim = 10
     I = torch.eye(dim, dtype=torch.float64)
     E = ElasticBasis(dim, threshold=0.1, energy=0.99, k_max=3)
-    for i, scale in enumerate([1.0, 1.0, 1.0, 1.0]):
-        E.observe(scale * I[i:i + 1].repeat(3, 1))
+    for i in range(4):
+        E.observe(I[i:i + 1].repeat(3, 1))
     E.observe(I[0:1].repeat(5, 1))                  # e0 now carries 2 tasks' energy
     assert E.k == 3
     assert E.history[3]["pruned"] == 1               # the 4th direction pushed one out
