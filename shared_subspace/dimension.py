@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Mapping, Sequence
 
 import torch
 
-from . import nulls, runtime, subspace
+from . import lora, nulls, runtime, subspace
 from .cli import command
 
 __all__ = ["DimensionError", "energy_dimension", "null_energy_dimension", "signal_dimension", "retained_gain",
@@ -71,8 +72,12 @@ def null_energy_dimension(n: int, d: int, energy: float = 0.9, *, center: bool =
     _check_fraction(energy, "energy")
     if draws < 1:
         raise DimensionError(f"draws must be >= 1, got {draws}")
-    ratios = nulls.noise_spectrum(n, d, draws=draws, center=center, seed=seed)
-    return int(statistics.median(subspace.choose_k(r.double().sqrt(), energy) for r in ratios))
+    return _median_energy_k(nulls.noise_spectrum(n, d, draws=draws, center=center, seed=seed), energy)
+
+
+def _median_energy_k(spectra: torch.Tensor, energy: float) -> int:
+    """Median k_E over the rows of a (draws x m) stack of explained-variance ratios."""
+    return int(statistics.median(subspace.choose_k(r.double().sqrt(), energy) for r in spectra))
 
 
 def signal_dimension(ratios, null_hi) -> int:
@@ -134,22 +139,18 @@ def task_sizes(n: int) -> list[int]:
 
 def dimension_vs_tasks(X, sizes: Sequence[int] | None = None, energy: float = 0.9, *,
                        center: bool = False) -> dict[int, int]:
-    """n -> k_E of the stack's first n rows (rows in the order tasks arrive; one row per task).
+    """n -> k_E of the stack's first n rows (rows in the order tasks arrive; one row per task):
+    subspace.fit_basis(X[:n], energy=energy, center=center).k.
 
     Uncentered by default, so one task has k_E = 1 and k_E <= n: related tasks (one direction,
     other lengths) stay near 1, unrelated ones climb towards n. Centered, n rows give at most n - 1.
     """
+    _check_fraction(energy, "energy")
     X = subspace.as_stack(X)
     sizes = task_sizes(X.shape[0]) if sizes is None else sorted(set(sizes))
     if not sizes or sizes[0] < (2 if center else 1) or sizes[-1] > X.shape[0]:
         raise DimensionError(f"sizes must lie in [{2 if center else 1}, {X.shape[0]}] (the rows of X), got {sizes}")
-    out = {}
-    for n in sizes:
-        Y = X[:n].double()
-        Y = Y - Y.mean(0) if center else Y
-        s = torch.linalg.svdvals(Y @ Y.T).sqrt() if Y.shape[1] > Y.shape[0] else torch.linalg.svdvals(Y)
-        out[n] = energy_dimension(s, energy)
-    return out
+    return {n: subspace.fit_basis(X[:n].double(), energy=energy, center=center).k for n in sizes}
 
 
 # ---------------------------------------------------------------- one k
@@ -195,17 +196,16 @@ SEED_TABLE = (  # (tasks from, tasks to, k from, k to, use case) as the seed con
     (5, 10, 32, 64, "5-10 related tasks"),
     (10, 50, 64, 128, "10-50 tasks"),
     (50, 200, 128, 256, "50-200 tasks"),
+    (200, math.inf, 256, 512, "200+ diverse tasks"),
 )
 
 
 def seed_range(n_tasks: int) -> tuple[int, int] | None:
-    """The seed's suggested shared-subspace size for n tasks (None below its table: < 5 tasks)."""
+    """The seed's suggested shared-subspace size for n tasks: its first row that holds n (None below
+    the table: < 5 tasks)."""
     if n_tasks < 1:
         raise DimensionError(f"n_tasks must be >= 1, got {n_tasks}")
-    rows = [(lo_k, hi_k) for lo, hi, lo_k, hi_k, _ in SEED_TABLE if lo <= n_tasks <= hi]
-    if rows:
-        return rows[0]
-    return (256, 512) if n_tasks > 200 else None
+    return next(((lo_k, hi_k) for lo, hi, lo_k, hi_k, _ in SEED_TABLE if lo <= n_tasks <= hi), None)
 
 
 # ---------------------------------------------------------------- experiments (rows for a DataFrame)
@@ -214,10 +214,6 @@ def random_basis_scores(model, tokenizer, adapters, tasks, *, ks: Sequence[int],
                         level: str = "delta_W", seed: int = 0) -> list[dict]:
     """The random-basis control of lora.heldout_scores: each held-out adapter (hold_out="task") projected
     onto k random orthonormal directions through the same mean, mu + P_rand (x - mu)."""
-    from dataclasses import replace
-
-    from . import lora
-
     by_name = {t.name: t for t in tasks}
     rows = []
     for a in [x for x in adapters if x.name in heldout]:
@@ -248,26 +244,26 @@ def cached_rows(name: str, key: dict, compute: Callable[[], list[dict]], *, rebu
 # ---------------------------------------------------------------- command line
 
 def adapter_dimensions(adapters, energy: float = 0.9, *, draws: int = 10, seed: int = 0) -> list[dict]:
-    """Per module of a set of LoRA adapters: k_E and k_S of the centered delta_W stack, and noise's k_E."""
-    from . import lora
+    """Per module of a set of LoRA adapters: k_E and k_S of the centered delta_W stack, and noise's k_E.
 
+    The noise is simulated once per module shape (d_out * d_in) and gives both the band of k_S and noise k_E.
+    """
     if len(adapters) < 3:
         raise DimensionError(f"need at least 3 adapters to measure a dimension, got {len(adapters)}")
+    _check_fraction(energy, "energy")
+    N, ref = len(adapters), adapters[0]
     ratios = lora.stack_spectra(adapters, level="delta_W")
-    rows = []
-    for m in adapters[0].modules:
-        r = ratios[(m, "delta_W")]
-        D = adapters[0].delta_W(m).numel()
-        _, hi = nulls.null_band(nulls.noise_spectrum(len(adapters), D, draws=draws, seed=seed))
-        rows.append({"module": m, "k_E": energy_dimension(r.sqrt(), energy), "k_S": signal_dimension(r, hi),
-                     "noise k_E": null_energy_dimension(len(adapters), D, energy, draws=draws, seed=seed)})
-    return rows
+    dims = {m: ref.B[m].shape[0] * ref.A[m].shape[1] for m in ref.modules}
+    noise = {D: nulls.noise_spectrum(N, D, draws=draws, seed=seed) for D in set(dims.values())}
+    null_hi = {D: nulls.null_band(spectra)[1] for D, spectra in noise.items()}
+    null_k = {D: _median_energy_k(spectra, energy) for D, spectra in noise.items()}
+    return [{"module": m, "k_E": energy_dimension(ratios[(m, "delta_W")].sqrt(), energy),
+             "k_S": signal_dimension(ratios[(m, "delta_W")], null_hi[D]), "noise k_E": null_k[D]}
+            for m, D in dims.items()]
 
 
 def _cli(args) -> int:
     """shared-subspace dimension FOLDER [FOLDER ...] [--energy 0.9]"""
-    from . import lora
-
     runtime.set_threads()
     adapters = lora.load_adapters(args.adapters)
     rows = adapter_dimensions(adapters, args.energy)
